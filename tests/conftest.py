@@ -1,0 +1,29 @@
+"""Shared test helpers: scripts are loaded by path, since they are standalone files."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALGORITHMS = os.path.join(ROOT, "algorithms")
+SHIPPED = os.path.join(ROOT, "datasets", "shipped")
+
+
+def load_script(name: str):
+    """Import algorithms/<name>.py (or a path) as a module without running main()."""
+    path = name if name.endswith(".py") else os.path.join(ALGORITHMS, name + ".py")
+    module_name = "script_" + os.path.splitext(os.path.basename(path))[0]
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def root():
+    return ROOT

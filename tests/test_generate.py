@@ -1,0 +1,232 @@
+"""datasets/generate.py: D4RL-layout datasets from a (tiny, real) SAC run of algorithms/sac.py."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, load_script
+
+ENV_ID = "Pendulum-v1"  # 200-step episodes, cut by time limits only
+EPISODE = 200
+NUM_STEPS = 300
+# Long enough that the final policy clearly beats the random one (about -700 against -1200
+# at 3000 steps), so that ref_min_score < ref_max_score holds; about 10 s on one thread.
+SAC_STEPS, SAC_EVAL_EVERY = 3000, 1000
+LEVELS = ("random", "medium", "expert", "medium-replay", "medium-expert", "eps1")
+GENERATE = os.path.join(ROOT, "datasets", "generate.py")
+
+
+@pytest.fixture(scope="module")
+def sac_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("sac_runs")
+    cmd = [sys.executable, os.path.join(ROOT, "algorithms", "sac.py"), "--env-id", ENV_ID,
+           "--total-timesteps", str(SAC_STEPS), "--learning-starts", "200", "--eval-every", str(SAC_EVAL_EVERY),
+           "--eval-episodes", "2", "--hidden-dim", "64", "--batch-size", "64", "--threads", "1",
+           "--device", "cpu", "--runs-dir", str(runs)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = re.search(r"^run directory: (.+)$", result.stdout, re.M)
+    assert match, result.stdout[-2000:]
+    return match.group(1).strip()
+
+
+def generate_args(sac_run, level, out, seed=0):
+    return [sys.executable, GENERATE, "--sac-run", sac_run, "--level", level, "--num-steps", str(NUM_STEPS),
+            "--ref-episodes", "2", "--seed", str(seed), "--out", out]
+
+
+@pytest.fixture(scope="module")
+def generated(sac_run, tmp_path_factory):
+    """name -> (path, json summary) for every level, plus medium again (same seed) and with seed 1.
+
+    The generators run side by side (each is about a second of CPU)."""
+    out = tmp_path_factory.mktemp("generated")
+    jobs = {level: generate_args(sac_run, level, str(out / f"{level}.hdf5")) for level in LEVELS}
+    jobs["medium-again"] = generate_args(sac_run, "medium", str(out / "medium-again.hdf5"))
+    jobs["medium-seed1"] = generate_args(sac_run, "medium", str(out / "medium-seed1.hdf5"), seed=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+             for name, cmd in jobs.items()}
+    results = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name}: {stderr[-3000:]}"
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        results[name] = (str(out / f"{name}.hdf5"), summary)
+    assert not glob.glob(str(out / "*.tmp"))  # written atomically
+    return results
+
+
+def read(path):
+    with h5py.File(path, "r") as f:
+        arrays = {k: f[k][()] for k in f.keys()}
+        attrs = dict(f.attrs)
+    return arrays, attrs
+
+
+def checkpoint_info(sac_run):
+    return [torch.load(p, map_location="cpu", weights_only=False)
+            for p in sorted(glob.glob(os.path.join(sac_run, "checkpoints", "actor_*.pt")))]
+
+
+# ---------------------------------------------------------------------------- the SAC run it starts from
+def test_sac_run_layout(sac_run):
+    ckpts = checkpoint_info(sac_run)
+    assert [c["step"] for c in ckpts] == list(range(SAC_EVAL_EVERY, SAC_STEPS + 1, SAC_EVAL_EVERY))
+    for c in ckpts:
+        assert {"actor", "step", "eval_return", "env_id", "hidden_dim"} <= set(c)
+        assert c["env_id"] == ENV_ID and c["hidden_dim"] == 64 and np.isfinite(c["eval_return"])
+    buffer = np.load(os.path.join(sac_run, "replay_buffer.npz"))
+    assert set(buffer.files) == {"observations", "actions", "rewards", "next_observations", "terminals", "timeouts"}
+    assert len(buffer["rewards"]) == SAC_STEPS
+
+
+# ---------------------------------------------------------------------------- every level
+@pytest.mark.parametrize("level", LEVELS)
+def test_layout_dtypes_attributes(generated, sac_run, level):
+    path, summary = generated[level]
+    arrays, attrs = read(path)
+    assert set(arrays) == {"observations", "actions", "rewards", "next_observations", "terminals", "timeouts"}
+    n = len(arrays["rewards"])
+    assert summary["transitions"] == n
+    for key in ("observations", "actions", "rewards", "next_observations"):
+        assert arrays[key].dtype == np.float32, key
+        assert np.isfinite(arrays[key]).all(), key
+    assert arrays["terminals"].dtype == bool and arrays["timeouts"].dtype == bool
+    assert arrays["observations"].shape == arrays["next_observations"].shape == (n, 3)
+    assert arrays["actions"].shape == (n, 1) and arrays["rewards"].shape == (n,)
+    assert np.abs(arrays["actions"]).max() <= 2.0  # inside Pendulum's action box
+    assert attrs["env_id"] == ENV_ID and json.loads(attrs["env_kwargs"]) == {}
+    assert attrs["level"] == level and int(attrs["seed"]) == 0
+    assert attrs["command"].startswith("python ") and "generate.py" in attrs["command"]
+    assert f"--level {level}" in attrs["command"] and "--seed 0" in attrs["command"]
+    assert attrs["source_run"] == os.path.basename(sac_run)
+    assert np.isfinite(attrs["ref_min_score"]) and np.isfinite(attrs["ref_max_score"])
+    assert attrs["ref_min_score"] < attrs["ref_max_score"], (attrs["ref_min_score"], attrs["ref_max_score"])
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_episodes_end_at_boundaries(generated, level):
+    arrays, _ = read(generated[level][0])
+    ends = arrays["terminals"] | arrays["timeouts"]
+    assert ends[-1], "the file must end at an episode boundary"
+    assert not arrays["terminals"].any()  # Pendulum never terminates
+    # Pendulum's episodes are exactly 200 steps long, so the ends fall every 200 steps
+    assert np.array_equal(np.flatnonzero(ends), np.arange(EPISODE - 1, len(ends), EPISODE))
+    # within an episode the next observation is the following row's observation
+    inside = np.flatnonzero(~ends[:-1])
+    np.testing.assert_array_equal(arrays["next_observations"][inside], arrays["observations"][inside + 1])
+
+
+def test_sizes(generated):
+    sizes = {level: len(read(generated[level][0])[0]["rewards"]) for level in LEVELS}
+    for level in ("random", "medium", "expert"):
+        # at least --num-steps, then only the rest of the last episode
+        assert NUM_STEPS <= sizes[level] < NUM_STEPS + EPISODE, (level, sizes[level])
+    assert sizes["medium-expert"] == sizes["medium"] + sizes["expert"]
+    assert 2 * NUM_STEPS <= sizes["medium-expert"] < 2 * (NUM_STEPS + EPISODE)  # about twice
+    # the 2 : 4 : 4 mix: each of its three parts finishes its last episode
+    assert NUM_STEPS <= sizes["eps1"] <= NUM_STEPS + 3 * EPISODE
+
+
+def test_medium_expert_is_medium_then_expert(generated):
+    medium, _ = read(generated["medium"][0])
+    mixed, attrs = read(generated["medium-expert"][0])
+    n = len(medium["rewards"])
+    for key, value in medium.items():
+        np.testing.assert_array_equal(mixed[key][:n], value, err_msg=key)
+    assert attrs["medium_step"] <= attrs["expert_step"]
+
+
+def test_policy_choice(generated, sac_run):
+    ckpts = {c["step"]: c["eval_return"] for c in checkpoint_info(sac_run)}
+    _, attrs = read(generated["medium"][0])
+    assert attrs["expert_step"] == SAC_STEPS  # the final policy
+    assert attrs["expert_eval_return"] == pytest.approx(ckpts[SAC_STEPS])
+    assert attrs["medium_step"] in ckpts
+    assert attrs["medium_eval_return"] == pytest.approx(ckpts[attrs["medium_step"]])
+    for level in LEVELS:  # every level of one run names the same policies
+        _, other = read(generated[level][0])
+        assert (other["medium_step"], other["expert_step"]) == (attrs["medium_step"], attrs["expert_step"])
+
+
+def test_medium_replay_is_buffer_prefix(generated, sac_run):
+    arrays, attrs = read(generated["medium-replay"][0])
+    buffer = dict(np.load(os.path.join(sac_run, "replay_buffer.npz")))
+    n = len(arrays["rewards"])
+    medium_step = int(attrs["medium_step"])
+    # the buffer's first medium_step transitions, to the end of that episode
+    assert medium_step <= n < medium_step + EPISODE
+    for key in ("observations", "actions", "rewards", "next_observations"):
+        np.testing.assert_array_equal(arrays[key], buffer[key][:n], err_msg=key)
+    np.testing.assert_array_equal(arrays["terminals"], buffer["terminals"][:n] > 0)
+    np.testing.assert_array_equal(arrays["timeouts"], buffer["timeouts"][:n] > 0)
+
+
+def test_noise_level_mix(generated):
+    """eps1: a random walk part, then the pure mean policy, then the noisy one."""
+    arrays, _ = read(generated["eps1"][0])
+    assert len(arrays["rewards"]) == 3 * EPISODE  # 60, 120 and 120 steps, each finished to 200
+    random_part = arrays["actions"][:EPISODE, 0]
+    assert random_part.std() > 0.8  # uniform on [-2, 2]: std 1.15
+    assert random_part.min() < -1.5 and random_part.max() > 1.5
+
+
+# ---------------------------------------------------------------------------- reproducibility
+def test_same_seed_same_arrays(generated):
+    first, attrs = read(generated["medium"][0])
+    again, attrs_again = read(generated["medium-again"][0])
+    assert set(first) == set(again)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key], err_msg=key)
+    for key in ("ref_min_score", "ref_max_score", "medium_step", "expert_step"):
+        assert attrs[key] == attrs_again[key], key
+
+
+def test_different_seed_different_arrays(generated):
+    first, _ = read(generated["medium"][0])
+    other, attrs = read(generated["medium-seed1"][0])
+    assert int(attrs["seed"]) == 1 and "--seed 1" in attrs["command"]
+    n = min(len(first["rewards"]), len(other["rewards"]))
+    for key in ("observations", "actions", "rewards"):
+        assert not np.array_equal(first[key][:n], other[key][:n]), key
+
+
+def test_reference_returns_same_for_every_level(generated):
+    refs = {level: (read(generated[level][0])[1]["ref_min_score"], read(generated[level][0])[1]["ref_max_score"])
+            for level in LEVELS}
+    assert len(set(refs.values())) == 1, refs
+
+
+# ---------------------------------------------------------------------------- use by the algorithms
+def test_generated_file_loads_in_bc(generated):
+    bc = load_script("bc")
+    path, summary = generated["medium"]
+    arrays, attrs = read(path)
+    data = bc.load_dataset(path, torch.device("cpu"))
+    assert len(data.rewards) == len(arrays["rewards"])  # next_observations present: every step kept
+    np.testing.assert_array_equal(data.observations.numpy(), arrays["observations"])
+    np.testing.assert_array_equal(data.next_observations.numpy(), arrays["next_observations"])
+    assert data.terminals.sum() == 0
+    assert (data.ref_min_score, data.ref_max_score) == (float(attrs["ref_min_score"]), float(attrs["ref_max_score"]))
+    assert len(data.episode_returns) == summary["episodes"]
+    assert data.episode_returns.mean() == pytest.approx(summary["mean_return"], abs=0.1)
+    env = data.make_env()
+    assert env.spec.id == ENV_ID
+    env.close()
+
+
+def test_level_without_sac_run_is_an_error(tmp_path):
+    result = subprocess.run([sys.executable, GENERATE, "--level", "medium", "--out", str(tmp_path / "x.hdf5")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error:") and "--sac-run" in result.stderr
+    assert not (tmp_path / "x.hdf5").exists()
