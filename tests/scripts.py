@@ -1,0 +1,44 @@
+"""Which scripts exist and the tiny command line that exercises each of them.
+
+The tiny budget is built from the fields a script's Args has, so a new script in
+algorithms/ is covered by the smoke, self-containment and resume tests without new code.
+"""
+
+import ast
+import glob
+import os
+
+from conftest import ROOT, SHIPPED
+
+SMOKE_DATASET = os.path.join(SHIPPED, "pendulum-medium-replay.hdf5")
+# a tiny value for every budget-like field a script may have
+TINY = {
+    "num_updates": 40, "total_timesteps": 300, "learning_starts": 100, "eval_every": 20, "eval_episodes": 2,
+    "checkpoint_every": 20, "log_every": 10, "batch_size": 32, "threads": 1,
+}
+
+
+def script_names() -> list[str]:
+    return sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, "algorithms", "*.py")))
+
+
+def args_fields(name: str) -> set[str]:
+    """Field names of `class Args` in algorithms/<name>.py, read without importing it."""
+    tree = ast.parse(open(os.path.join(ROOT, "algorithms", name + ".py")).read())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Args":
+            return {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
+    raise AssertionError(f"{name}.py has no Args dataclass")
+
+
+def tiny_args(name: str, dataset: str = SMOKE_DATASET, runs_dir: str = "runs") -> list[str]:
+    fields = args_fields(name)
+    argv = ["--runs-dir", runs_dir, "--device", "cpu"]
+    if "dataset" in fields:
+        argv += ["--dataset", dataset]
+    elif "env_id" in fields:
+        argv += ["--env-id", "Pendulum-v1"]
+    for field, value in TINY.items():
+        if field in fields:
+            argv += ["--" + field.replace("_", "-"), str(value)]
+    return argv

@@ -1,0 +1,71 @@
+"""A run killed part way and resumed ends with the same numbers as one that was not killed."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from scripts import args_fields, script_names, tiny_args
+
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+BUDGET = ["--num-updates", "3000", "--eval-every", "500", "--checkpoint-every", "500", "--log-every", "250"]
+
+
+def command(name, runs_dir):
+    return [sys.executable, os.path.join(ROOT, "algorithms", name + ".py"), *tiny_args(name, runs_dir=runs_dir), *BUDGET]
+
+
+def checkpoint_step(run_dir):
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.isfile(path):
+        return 0
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["step"]
+    except Exception:  # being replaced right now
+        return 0
+
+
+@pytest.mark.parametrize("name", [n for n in script_names() if "resume" in args_fields(n)])
+def test_kill_and_resume(name, tmp_path):
+    whole = subprocess.run(command(name, str(tmp_path / "whole")), capture_output=True, text=True, env=ENV, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    process = subprocess.Popen(command(name, str(tmp_path / "killed")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 300
+    run_dir = None
+    while time.time() < deadline and process.poll() is None:
+        run_dirs = glob.glob(str(tmp_path / "killed" / f"{name}__*"))
+        if run_dirs and checkpoint_step(run_dirs[0]) >= 1000:
+            run_dir = run_dirs[0]
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert run_dir is not None, "the run finished (or timed out) before it could be killed"
+    killed_at = checkpoint_step(run_dir)
+    assert killed_at < 3000
+
+    resumed = subprocess.run([sys.executable, os.path.join(ROOT, "algorithms", name + ".py"), "--resume", run_dir],
+                             capture_output=True, text=True, env=ENV, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    (whole_dir,) = glob.glob(str(tmp_path / "whole" / f"{name}__*"))
+    expected = json.load(open(os.path.join(whole_dir, "results.json")))
+    got = json.load(open(os.path.join(run_dir, "results.json")))
+    strip = lambda history: [{k: v for k, v in h.items()} for h in history]  # noqa: E731
+    assert strip(got["evaluations"]) == strip(expected["evaluations"])
+    assert got["last_normalized_score"] == expected["last_normalized_score"]
+    final_whole = torch.load(os.path.join(whole_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)["objects"]
+    final_resumed = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)["objects"]
+    for key, state in final_whole.items():
+        if key.endswith("opt") or key == "optimizer":
+            continue
+        for param, value in state.items():
+            assert torch.equal(value, final_resumed[key][param]), f"{key}.{param} differs after resume"
