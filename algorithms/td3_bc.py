@@ -513,6 +513,14 @@ class DoubleCritic(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
 
+    def q1_frozen(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q1 alone with its weights detached: the actor loss needs dQ1/da, not the critic's
+        weight gradients, nor the second member (half the work of `forward`)."""
+        x = torch.cat([obs, action], -1)
+        for layer in self.net:
+            x = torch.addmm(layer.bias[0].detach(), x, layer.weight[0].detach()) if isinstance(layer, EnsembleLinear) else layer(x)
+        return x.squeeze(-1)
+
 
 def critic_loss_fn(critic, critic_target, actor_target, batch, gamma: float, policy_noise: float, noise_clip: float):
     """Clipped double Q-learning with target policy smoothing (TD3), summed over both critics."""
@@ -530,7 +538,7 @@ def critic_loss_fn(critic, critic_target, actor_target, batch, gamma: float, pol
 def actor_loss_fn(actor, critic, obs, actions, alpha: float):
     """Eq. 3: maximise λ Q1(s, π(s)) - (π(s) - a)², with λ = α / mean|Q1| (λ is not differentiated)."""
     pi = actor(obs)
-    q = critic(obs, pi)[0]
+    q = critic.q1_frozen(obs, pi)
     lmbda = alpha / q.abs().mean().detach()
     bc = ((pi - actions) ** 2).mean()
     return -lmbda * q.mean() + bc, bc.detach()

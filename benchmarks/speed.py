@@ -105,8 +105,8 @@ def td3_bc_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, policy_freq
     )
     actor_step = (
         3 * actor  # actor forward + backward
-        + 3 * critic  # critic(obs, pi)[0]: the script evaluates both members, and the backward
-        #              of the batched matmul runs over both (member 1 just gets zero gradients)
+        + 2 * critic // 2  # critic.q1_frozen: member 0 only, forward + input gradients
+        #                    (its weights are detached, so no weight gradients)
     )
     return critic_step + actor_step // policy_freq  # averaged per update
 
@@ -189,7 +189,8 @@ def report(rows: list[dict], peak: float, threads: int, device: torch.device, up
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['name']} | failed: {row['error']} | | | |")
+            error = row["error"].replace("|", "\\|")  # keep the table intact
+            lines.append(f"| {row['name']} | failed: {error} | | | |")
             continue
         ups = row["updates_per_second"]
         if row["gflop"] is None:
@@ -216,7 +217,8 @@ def main():
     if args.algos:
         unknown = [a for a in args.algos if a not in scripts]
         if unknown:
-            sys.exit(f"error: {unknown} are not offline scripts in {ALGORITHMS}; choose from {sorted(scripts)}")
+            sys.exit(f"error: {', '.join(unknown)}: not an offline script (Args without a `dataset` field) in "
+                     f"{ALGORITHMS}; choose from {', '.join(sorted(scripts))}")
         scripts = {a: scripts[a] for a in args.algos}
     command = " ".join(shlex.quote(a) for a in ["python", os.path.relpath(sys.argv[0], PROJECT)] + sys.argv[1:])
     device = resolve_device(args.device)
