@@ -448,6 +448,27 @@ def normalized_score(returns, ref_min: float, ref_max: float):
 # ---- end shared: evaluation ----
 
 
+# ---- shared: offline_results ----
+def record_evaluation(run_dir: str, writer: SummaryWriter, history: list, step: int, returns: np.ndarray,
+                      data: OfflineData, algo: str, seed: int, train_time: float) -> None:
+    """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far."""
+    scores = normalized_score(returns, data.ref_min_score, data.ref_max_score)
+    history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std()),
+                    "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std())})
+    writer.add_scalar("eval/return", returns.mean(), step)
+    writer.add_scalar("eval/normalized_score", scores.mean(), step)
+    writer.add_scalar("charts/updates_per_second", step / max(train_time, 1e-9), step)
+    write_results(run_dir, {
+        "algo": algo, "dataset": data.name, "seed": seed, "evaluations": history,
+        "last_normalized_score": history[-1]["normalized_score"],
+        "best_normalized_score": max(h["normalized_score"] for h in history),
+        "last_return": history[-1]["return"], "best_return": max(h["return"] for h in history),
+        "behaviour_return": float(data.episode_returns.mean()),
+        "behaviour_normalized_score": float(normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)),
+        "train_time_s": train_time, "updates_per_second": step / max(train_time, 1e-9)})
+# ---- end shared: offline_results ----
+
+
 class Actor(nn.Module):
     """Deterministic policy: MLP with a tanh output rescaled to the action box."""
 
@@ -507,7 +528,6 @@ def main():
         step, extra = load_checkpoint(checkpoint_path, trained)
         history, train_time = extra["history"], extra["train_time"]
     writer = make_writer(args, run_dir, step)
-    behaviour = float(normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score))
 
     bar = tqdm(range(step + 1, args.num_updates + 1), desc="bc", mininterval=2)
     tick = time.time()
@@ -519,19 +539,8 @@ def main():
         if step % args.eval_every == 0 or step == args.num_updates:
             train_time += time.time() - tick
             returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
-            scores = normalized_score(returns, data.ref_min_score, data.ref_max_score)
-            history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std()),
-                            "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std())})
-            writer.add_scalar("eval/return", returns.mean(), step)
-            writer.add_scalar("eval/normalized_score", scores.mean(), step)
-            writer.add_scalar("charts/updates_per_second", step / max(train_time, 1e-9), step)
-            bar.set_postfix(score=f"{scores.mean():.1f}")
-            write_results(run_dir, {
-                "algo": "bc", "dataset": args.dataset, "seed": args.seed, "evaluations": history,
-                "last_normalized_score": history[-1]["normalized_score"],
-                "best_normalized_score": max(h["normalized_score"] for h in history),
-                "last_return": history[-1]["return"], "behaviour_normalized_score": behaviour,
-                "wall_time_s": train_time, "updates_per_second": step / max(train_time, 1e-9)})
+            record_evaluation(run_dir, writer, history, step, returns, data, "bc", args.seed, train_time)
+            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
             tick = time.time()
         if step % args.checkpoint_every == 0 or step == args.num_updates:
             save_checkpoint(checkpoint_path, step, trained, {
@@ -539,8 +548,9 @@ def main():
                 "obs_mean": obs_mean.cpu(), "obs_std": obs_std.cpu()})
 
     writer.close()
-    print(f"bc on {args.dataset}: last normalised score {history[-1]['normalized_score']:.1f}, "
-          f"best {max(h['normalized_score'] for h in history):.1f} (behaviour data {behaviour:.1f}); run directory {run_dir}")
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    print(f"bc on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
+          f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run directory {run_dir}")
 
 
 if __name__ == "__main__":
