@@ -1,0 +1,1101 @@
+"""MBPO: model-based policy optimisation, offline (no pessimism) and online.
+
+Janner, Fu, Zhang, Levine. "When to Trust Your Model: Model-Based Policy Optimization",
+NeurIPS 2019, https://arxiv.org/abs/1906.08253
+
+SAC learns from short branched rollouts of a probabilistic dynamics ensemble, started
+from states the agent has seen, mixed with real transitions. Offline (`--dataset`), it is
+exactly mopo.py without the reward penalty: the "no pessimism" baseline that shows what
+MOPO's and MOReL's pessimism buys. Online (`--env-id`), it is the paper's algorithm:
+every environment step is followed by G SAC updates; every `model_train_every` steps the
+ensemble is refitted on all real data (warm-started) and a batch of rollouts of length
+k(epoch) (the paper's linear schedule) refreshes the model buffer.
+
+Example:
+    python algorithms/mbpo.py --dataset shipped/hopper-medium-replay --num-updates 50000
+    python algorithms/mbpo.py --env-id Hopper-v4 --total-timesteps 125000
+"""
+
+import copy
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pyrallis
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    dataset: Optional[str] = "hopper-medium-replay-v2"
+    """offline: D4RL name, Minari id, .hdf5 path or shipped/<name> (see the dataset block)"""
+    env_id: Optional[str] = None
+    """online: a Gymnasium environment id; when set, MBPO runs online and --dataset is ignored"""
+    seed: int = 0
+    """seed of python, numpy, torch and the evaluation environments (and of the dynamics ensemble)"""
+    num_updates: int = 1_000_000
+    """offline: SAC updates"""
+    # the dynamics ensemble (shared with morel.py and mbpo.py through the cache)
+    dynamics_members: int = 7
+    """members of the probabilistic ensemble"""
+    dynamics_elites: int = 5
+    """members with the lowest holdout error used in rollouts"""
+    dynamics_hidden_dim: int = 200
+    """width of each member's hidden layers"""
+    dynamics_hidden_layers: int = 4
+    """hidden layers of each member"""
+    dynamics_batch_size: int = 256
+    """minibatch size of dynamics training (per member)"""
+    dynamics_lr: float = 1e-3
+    """Adam learning rate of dynamics training"""
+    dynamics_holdout_size: int = 1000
+    """holdout transitions for early stopping and elite choice (at most 20 % of the data)"""
+    dynamics_patience: int = 5
+    """stop after this many epochs in which no member improved by more than 1 %"""
+    dynamics_max_epochs: int = 0
+    """cap on training epochs (0: no cap)"""
+    dynamics_path: Optional[str] = None
+    """a saved ensemble to use; it must have been trained on this dataset with these settings"""
+    dynamics_cache_dir: Optional[str] = None
+    """where trained ensembles are saved and looked up, one file per dataset, seed and settings (None: <runs_dir>/dynamics)"""
+    # model rollouts and the penalty
+    rollout_length: int = 5
+    """h: steps of each model rollout"""
+    rollout_batch_size: int = 50_000
+    """rollouts started from dataset states each time"""
+    rollout_every: int = 1000
+    """updates between rollout batches"""
+    model_retain: int = 5
+    """rollout batches kept in the model buffer"""
+    real_ratio: float = 0.05
+    """fraction of each minibatch from the dataset (the rest from the model buffer)"""
+    # online MBPO (the paper's Hopper settings)
+    total_timesteps: int = 125_000
+    """online: environment steps"""
+    init_random_steps: int = 5_000
+    """online: uniformly random steps before the first model"""
+    model_train_every: int = 250
+    """online: environment steps between refits of the ensemble (and rollout batches)"""
+    updates_per_step: int = 20
+    """online: G, SAC updates per environment step"""
+    rollout_schedule: tuple[int, int, int, int] = (20, 100, 1, 15)
+    """online: (epoch a, epoch b, length x, length y): rollout length grows from x to y between epochs a and b (1000 steps an epoch)"""
+    online_rollout_batch_size: int = 100_000
+    """online: rollouts started at each refit"""
+    # SAC
+    batch_size: int = 256
+    """SAC minibatch size"""
+    hidden_dim: int = 256
+    """width of the two hidden layers of actor and critics"""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actor"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics"""
+    alpha_lr: float = 1e-4
+    """Adam learning rate of log α"""
+    gamma: float = 0.99
+    """discount γ"""
+    tau: float = 0.005
+    """target smoothing coefficient τ"""
+    target_entropy: Optional[float] = None
+    """entropy target of α tuning (None: -|A|)"""
+    eval_every: int = 10_000
+    """updates between evaluations"""
+    eval_episodes: int = 10
+    """episodes per evaluation (vectorised environment, deterministic policy)"""
+    checkpoint_every: int = 50_000
+    """updates between checkpoints that --resume continues from"""
+    log_every: int = 1_000
+    """updates between loss logs"""
+    resume: Optional[str] = None
+    """run directory of a killed run to continue (its config.yaml is loaded first)"""
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu" or "cuda" """
+    threads: int = 0
+    """torch CPU threads (0 keeps torch's default)"""
+    compile: bool = False
+    """torch.compile the SAC update"""
+    runs_dir: str = "runs"
+    """parent folder of the run directory"""
+    track: bool = False
+    """also log to Weights & Biases (needs wandb)"""
+    config: Optional[str] = None
+    """YAML file whose keys override these defaults (the command line still wins)"""
+
+
+# ---- shared: config ----
+def parse_args(args_cls):
+    """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume).
+
+    Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
+    """
+    argv = sys.argv[1:]
+
+    def option(name):
+        for i, arg in enumerate(argv):
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+        return None
+
+    defaults = args_cls()
+    for flag in ("--resume", "--config"):
+        path = option(flag)
+        if path is None or not hasattr(defaults, flag[2:]):
+            continue
+        if flag == "--resume":
+            path = os.path.join(path, "config.yaml")
+        if not os.path.isfile(path):
+            sys.exit(f"error: {flag}: {path!r} does not exist; " + (
+                "pass the run directory of an earlier run" if flag == "--resume" else "pass a YAML file such as one in benchmarks/configs/"))
+        try:
+            with open(path) as f:
+                overrides = yaml.safe_load(f) or {}
+            if not isinstance(overrides, dict):
+                raise ValueError("the file is not a mapping of Args fields to values")
+            defaults = pyrallis.decode(args_cls, {**pyrallis.encode(defaults), **overrides})
+        except Exception as e:  # unknown keys, wrong types, broken YAML
+            reason = " ".join(str(e).split())
+            sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
+    return tyro.cli(args_cls, default=defaults)
+# ---- end shared: config ----
+
+
+# ---- shared: run ----
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str, threads: int = 0) -> torch.device:
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def make_run_dir(args, algo: str, dataset: str) -> str:
+    """runs/<algo>__<dataset>__<seed>__<unix time>/ holding the resolved config.yaml (or the resumed run's)."""
+    if getattr(args, "resume", None):
+        run_dir = args.resume
+    else:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
+        run_dir = os.path.join(args.runs_dir, f"{algo}__{safe}__{args.seed}__{int(time.time())}")
+        os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        pyrallis.dump(args, f)
+    return run_dir
+
+
+def make_writer(args, run_dir: str, start_step: int = 0) -> SummaryWriter:
+    """Tensorboard writer; a resumed run drops the events logged after its checkpoint."""
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            sys.exit("error: --track needs wandb; pip install wandb, or drop --track")
+        wandb.init(config=asdict(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    writer = SummaryWriter(run_dir, purge_step=start_step if start_step > 0 else None)
+    writer.add_text("config", "\n".join(f"{k}: {v}" for k, v in asdict(args).items()))
+    return writer
+
+
+def write_results(run_dir: str, results: dict) -> None:
+    path = os.path.join(run_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)  # atomic: a killed run never leaves half a file
+
+
+def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
+    """Everything needed to continue: state dicts, RNG states, the step and `extra` (e.g. history)."""
+    state = {"step": step, "objects": {k: v.state_dict() for k, v in objects.items()}, "extra": extra,
+             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
+    """Restore what save_checkpoint wrote into `objects`; returns the step and `extra`."""
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see --checkpoint-every)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for k, v in objects.items():
+        v.load_state_dict(state["objects"][k])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"], state["extra"]
+# ---- end shared: run ----
+
+
+# ---- shared: dataset ----
+# Every dataset becomes the same tensors on the device, an evaluation environment and
+# reference returns. Accepted names:
+#   D4RL        hopper-medium-replay-v2   hdf5 from $D4RL_DATASET_DIR or ~/.d4rl/datasets
+#                                         (downloaded when absent), evaluated on Gymnasium v4
+#   Minari      mujoco/hopper/medium-v0   through the minari package
+#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
+#   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
+D4RL_NAME = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v2$")
+D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns (random, expert)
+    "halfcheetah": ("HalfCheetah-v4", {}, -280.178953, 12135.0),
+    "hopper": ("Hopper-v4", {}, -20.272305, 3234.3),
+    "walker2d": ("Walker2d-v4", {}, 1.629008, 4592.3),
+    "ant": ("Ant-v4", {"use_contact_forces": True}, -325.6, 3879.7),  # the v2 data has 111-d observations
+}
+SHIPPED_PREFIX = "shipped/"
+
+
+class DatasetError(Exception):
+    """Bad dataset input; main() turns it into one line on stderr and exit code 1."""
+
+
+@dataclass
+class OfflineData:
+    name: str
+    observations: torch.Tensor  # [N, obs_dim]
+    actions: torch.Tensor  # [N, act_dim]
+    rewards: torch.Tensor  # [N]
+    next_observations: torch.Tensor  # [N, obs_dim]
+    terminals: torch.Tensor  # [N] 1.0 where the MDP ended (no bootstrap); time-limit cuts are 0
+    episode_returns: np.ndarray  # return of every episode in the data: the behaviour policy's level
+    make_env: Callable[[], gym.Env]  # a fresh evaluation environment
+    ref_min_score: float  # reference returns of the normalised score (0 and 100)
+    ref_max_score: float
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
+        idx = torch.randint(0, len(self.rewards), (batch_size,), device=self.rewards.device)
+        return self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx], self.terminals[idx]
+
+
+def transitions_from_arrays(arrays: dict, source: str) -> dict:
+    """Turn D4RL-layout arrays into transitions that respect episode boundaries.
+
+    `terminals` end the MDP, `timeouts` only cut an episode. With `next_observations`
+    every step is kept. Without it, the next observation is the following row *of the
+    same episode*: the last step of an episode cut by a timeout (or by the end of the
+    data) has no successor and is dropped, unlike D4RL's own loader, which pairs it
+    with the first observation of the next episode (D4RL issue #145). A terminal step
+    is kept (its target does not bootstrap) with its own observation as a stand-in.
+    """
+    for key in ("observations", "actions", "rewards", "terminals"):
+        if key not in arrays:
+            raise DatasetError(f"{source} has no '{key}' array; a D4RL-layout file needs observations, actions, rewards, terminals and timeouts")
+    if "timeouts" not in arrays and "next_observations" not in arrays:
+        raise DatasetError(f"{source} has neither 'timeouts' nor 'next_observations', so episode ends cannot be told apart from time-limit cuts; add a 'timeouts' array")
+    arrays = {k: v for k, v in arrays.items() if np.ndim(v) > 0}  # scalar entries are metadata, not data
+    n = len(arrays["observations"])
+    for key, value in arrays.items():
+        if key in ("rewards", "terminals", "timeouts") and value.ndim > 1 and value.size != len(value):
+            raise DatasetError(f"{source}: '{key}' has shape {value.shape}; it must hold one value per step")
+        if len(value) != n:
+            raise DatasetError(f"{source}: '{key}' has {len(value)} rows but 'observations' has {n}; the file is inconsistent")
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            bad = int((~np.isfinite(value)).reshape(n, -1).any(1).sum()) if n else 0
+            raise DatasetError(f"{source}: '{key}' holds NaN or inf in {bad} rows; clean the data before training on it")
+    if n == 0:
+        raise DatasetError(f"{source} holds no transitions")
+    obs = arrays["observations"].astype(np.float32).reshape(n, -1)
+    actions = arrays["actions"].astype(np.float32).reshape(n, -1)
+    rewards = arrays["rewards"].astype(np.float32).reshape(n)
+    terminals = arrays["terminals"].astype(bool).reshape(n)
+    timeouts = arrays["timeouts"].astype(bool).reshape(n) if "timeouts" in arrays else np.zeros(n, dtype=bool)
+    ends = terminals | timeouts
+    ends[-1] = True  # the data may stop mid-episode
+    # episode returns: cumulative reward reset at every episode end
+    episode_id = np.concatenate([[0], np.cumsum(ends[:-1])])
+    episode_returns = np.bincount(episode_id, weights=rewards.astype(np.float64))
+    if not (terminals[-1] or timeouts[-1]) and len(episode_returns) > 1:
+        episode_returns = episode_returns[:-1]  # an unfinished last episode says little about the behaviour
+    if "next_observations" in arrays:
+        keep = np.ones(n, dtype=bool)
+        next_obs = arrays["next_observations"].astype(np.float32).reshape(n, -1)
+        if next_obs.shape[1] != obs.shape[1]:
+            raise DatasetError(f"{source}: 'next_observations' have dim {next_obs.shape[1]} but 'observations' have {obs.shape[1]}")
+    else:
+        keep = ~ends | terminals  # a cut step has no successor in its own episode
+        next_obs = np.concatenate([obs[1:], obs[-1:]])
+        next_obs[terminals] = obs[terminals]
+    if not keep.any():
+        raise DatasetError(f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no next_observations")
+    return dict(observations=obs[keep], actions=actions[keep], rewards=rewards[keep],
+                next_observations=next_obs[keep], terminals=terminals[keep].astype(np.float32),
+                episode_returns=episode_returns)
+
+
+def read_hdf5(path: str) -> tuple[dict, dict]:
+    """Arrays at the top level of a D4RL-layout hdf5 file, and the file's attributes."""
+    try:
+        with h5py.File(path, "r") as f:
+            arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except (OSError, KeyError, ValueError) as e:
+        raise DatasetError(f"{path} is not a readable HDF5 file ({e}); it may be truncated or corrupt: delete it and download or generate it again")
+    return arrays, attrs
+
+
+def download(url: str, path: str) -> None:
+    """Fetch `url` to `path` with a progress bar; a partial download never takes the final name."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(path + ".part", "wb") as f:
+            total = int(response.headers.get("Content-Length", 0)) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {os.path.basename(path)}") as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        received = os.path.getsize(path + ".part")
+        if total is not None and received != total:
+            raise OSError(f"the connection closed after {received} of {total} bytes")
+    except (OSError, urllib.error.URLError) as e:
+        if os.path.exists(path + ".part"):
+            os.remove(path + ".part")
+        raise DatasetError(f"could not download {url} ({e}); download it on a machine with network and put it at {path} (or point D4RL_DATASET_DIR at its folder)")
+    os.replace(path + ".part", path)
+
+
+def check_env(data: dict, make_env: Callable[[], gym.Env], source: str) -> None:
+    """The data must fit the evaluation environment's observation and action shapes."""
+    try:
+        env = make_env()
+    except Exception as e:
+        raise DatasetError(f"cannot make the evaluation environment of {source} ({type(e).__name__}: {e})")
+    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    env.close()
+    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
+        raise DatasetError(
+            f"{source} has observations of dim {data['observations'].shape[1]} and actions of dim {data['actions'].shape[1]}, "
+            f"but its environment has {obs_dim} and {act_dim}; the data belongs to another environment (or version)")
+
+
+def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, float]:
+    try:
+        import minari
+    except ImportError:
+        raise DatasetError(f"{dataset_id!r} looks like a Minari id but minari is not installed; pip install minari")
+    try:
+        dataset = minari.load_dataset(dataset_id, download=True)
+    except Exception as e:
+        raise DatasetError(f"cannot load Minari dataset {dataset_id!r} ({type(e).__name__}: {e}); check the id, or with no network "
+                           f"copy it into {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}")
+    columns = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    for episode in dataset.iterate_episodes():
+        if isinstance(episode.observations, dict):
+            raise DatasetError(f"{dataset_id} has dictionary observations; only flat Box observations are supported")
+        columns["observations"].append(episode.observations[:-1])
+        columns["next_observations"].append(episode.observations[1:])
+        columns["actions"].append(episode.actions)
+        columns["rewards"].append(episode.rewards)
+        columns["terminals"].append(episode.terminations)
+        columns["timeouts"].append(episode.truncations)
+    arrays = {k: np.concatenate(v) for k, v in columns.items()}
+    metadata = dataset.storage.metadata
+    ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if ref_min is None or ref_max is None:
+        print(f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr)
+        ref_min, ref_max = float("nan"), float("nan")
+    return arrays, lambda: dataset.recover_environment(eval_env=True), float(ref_min), float(ref_max)
+
+
+def shipped_path(name: str) -> str:
+    """Where a shipped dataset lives: $SHIPPED_DATASETS_DIR, else datasets/shipped/ of this project."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    folders = [os.environ.get("SHIPPED_DATASETS_DIR", ""), os.path.join(here, "..", "datasets", "shipped"), os.path.join("datasets", "shipped")]
+    for folder in filter(None, folders):
+        path = os.path.join(folder, name + ".hdf5")
+        if os.path.isfile(path):
+            return path
+    raise DatasetError(f"shipped dataset {name!r} not found in {[f for f in folders if f]}; run from the project root, "
+                       "set SHIPPED_DATASETS_DIR to the folder that holds it, or pass the .hdf5 path itself")
+
+
+def load_dataset(name: str, device: torch.device) -> OfflineData:
+    """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
+    if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
+        path = shipped_path(name[len(SHIPPED_PREFIX):]) if name.startswith(SHIPPED_PREFIX) else name
+        if not os.path.isfile(path):
+            raise DatasetError(f"dataset file {path!r} does not exist")
+        arrays, attrs = read_hdf5(path)
+        if "env_id" not in attrs:
+            raise DatasetError(f"{path} does not name its environment; set the file attribute env_id (and ref_min_score, ref_max_score)")
+        try:
+            env_id, env_kwargs = str(attrs["env_id"]), json.loads(attrs.get("env_kwargs", "{}"))
+            ref_min, ref_max = float(attrs.get("ref_min_score", np.nan)), float(attrs.get("ref_max_score", np.nan))
+        except (ValueError, TypeError) as e:
+            raise DatasetError(f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers")
+        make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
+    elif D4RL_NAME.match(name):
+        env_id, env_kwargs, ref_min, ref_max = D4RL_ENVS[name.split("-")[0]]
+        file_name = name.split("-", 1)[0] + "_" + name.split("-", 1)[1][: -len("-v2")].replace("-", "_") + "-v2.hdf5"
+        folder = os.environ.get("D4RL_DATASET_DIR", os.path.expanduser("~/.d4rl/datasets"))
+        path = os.path.join(folder, file_name)
+        if not os.path.isfile(path):
+            download(D4RL_URL.format(file_name), path)
+        arrays, _ = read_hdf5(path)
+        make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
+    elif name.count("/") >= 2:
+        arrays, make_env, ref_min, ref_max = load_minari(name)
+    else:
+        raise DatasetError(f"unknown dataset {name!r}: use a D4RL name (hopper-medium-replay-v2), a Minari id "
+                           "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)")
+    data = transitions_from_arrays(arrays, name)
+    check_env(data, make_env, name)
+    tensors = {k: torch.as_tensor(v, device=device) for k, v in data.items() if k != "episode_returns"}
+    return OfflineData(name=name, **tensors, episode_returns=data["episode_returns"], make_env=make_env,
+                       ref_min_score=ref_min, ref_max_score=ref_max)
+# ---- end shared: dataset ----
+
+
+# ---- shared: evaluation ----
+@torch.no_grad()
+def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
+    """Return of `episodes` full episodes run side by side in a vectorised environment.
+
+    `act` maps a batch of raw observations to a batch of actions (deterministic policy).
+    Each sub-environment plays exactly one episode; later (auto-reset) steps are ignored.
+    """
+    envs = gym.vector.SyncVectorEnv([make_env for _ in range(episodes)])
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(episodes)
+    running = np.ones(episodes, dtype=bool)
+    while running.any():
+        obs, reward, terminated, truncated, _ = envs.step(act(obs))
+        returns += reward * running
+        running &= ~(terminated | truncated)
+    envs.close()
+    return returns
+
+
+def normalized_score(returns, ref_min: float, ref_max: float):
+    """D4RL's normalised score: 0 is the reference minimum (random), 100 the maximum (expert)."""
+    return 100.0 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+# ---- end shared: evaluation ----
+
+
+# ---- shared: offline_results ----
+def record_evaluation(run_dir: str, writer: SummaryWriter, history: list, step: int, returns: np.ndarray,
+                      data: OfflineData, algo: str, seed: int, train_time: float) -> None:
+    """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far."""
+    scores = normalized_score(returns, data.ref_min_score, data.ref_max_score)
+    history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std()),
+                    "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std())})
+    writer.add_scalar("eval/return", returns.mean(), step)
+    writer.add_scalar("eval/normalized_score", scores.mean(), step)
+    writer.add_scalar("charts/updates_per_second", step / max(train_time, 1e-9), step)
+    write_results(run_dir, {
+        "algo": algo, "dataset": data.name, "seed": seed, "evaluations": history,
+        "last_normalized_score": history[-1]["normalized_score"],
+        "best_normalized_score": max(h["normalized_score"] for h in history),
+        "last_return": history[-1]["return"], "best_return": max(h["return"] for h in history),
+        "behaviour_return": float(data.episode_returns.mean()),
+        "behaviour_normalized_score": float(normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)),
+        "train_time_s": train_time, "updates_per_second": step / max(train_time, 1e-9)})
+# ---- end shared: offline_results ----
+
+
+# ---- shared: ensemble_linear ----
+class EnsembleLinear(nn.Module):
+    """`members` independent linear layers evaluated as one batched matmul.
+
+    Input [members, batch, in] (or [batch, in], broadcast to every member), output
+    [members, batch, out]. Each member is initialised like nn.Linear.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, members: int):
+        super().__init__()
+        bound = 1.0 / np.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape), self.weight)
+        return torch.baddbmm(self.bias, x, self.weight)
+# ---- end shared: ensemble_linear ----
+
+
+# ---- shared: dynamics_ensemble ----
+class EnsembleDynamics(nn.Module):
+    """Probabilistic ensemble of Gaussian models of [Δobservation, reward] given (obs, action).
+
+    MBPO/MOPO lineage: `members` MLPs (4×200 SiLU) evaluated as one batched computation,
+    inputs standardised with the training split's statistics, log-variance soft-bounded by
+    learned `max_logvar` / `min_logvar`, per-layer weight decay. After training, `elite_idx`
+    names the members with the lowest holdout error; rollouts draw one elite per transition.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, members: int = 7, elites: int = 5, hidden_dim: int = 200,
+                 hidden_layers: int = 4, weight_decays: tuple = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)):
+        super().__init__()
+        if len(weight_decays) != hidden_layers + 1:
+            raise ValueError("one weight decay per layer (hidden layers + output layer)")
+        self.obs_dim, self.members, self.num_elites = obs_dim, members, elites
+        sizes = [obs_dim + act_dim] + [hidden_dim] * hidden_layers + [2 * (obs_dim + 1)]
+        self.layers = nn.ModuleList(EnsembleLinear(i, o, members) for i, o in zip(sizes[:-1], sizes[1:]))
+        for layer in self.layers:  # truncated normal, std 1 / (2 sqrt(fan_in)), zero bias
+            nn.init.trunc_normal_(layer.weight, std=1 / (2 * np.sqrt(layer.weight.shape[1])))
+            nn.init.zeros_(layer.bias)
+        self.weight_decays = weight_decays
+        self.max_logvar = nn.Parameter(torch.full((obs_dim + 1,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((obs_dim + 1,), -10.0))
+        self.register_buffer("input_mean", torch.zeros(obs_dim + act_dim))
+        self.register_buffer("input_std", torch.ones(obs_dim + act_dim))
+        self.register_buffer("elite_idx", torch.arange(elites))
+        # bounds that keep imagined values finite: observed range plus a margin, observed rewards
+        self.register_buffer("obs_low", torch.full((obs_dim,), -float("inf")))
+        self.register_buffer("obs_high", torch.full((obs_dim,), float("inf")))
+        self.register_buffer("reward_range", torch.tensor([-float("inf"), float("inf")]))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of [Δobs, reward], each [members, batch, obs_dim + 1]."""
+        x = (torch.cat([obs, actions], -1) - self.input_mean) / self.input_std
+        for layer in self.layers[:-1]:
+            x = F.silu(layer(x))
+        mean, logvar = self.layers[-1](x).chunk(2, dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def loss(self, obs: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Gaussian NLL per member (mean over batch and dims), summed, plus bound and weight-decay terms."""
+        mean, logvar = self(obs, actions)
+        nll = (((mean - targets) ** 2) * torch.exp(-logvar) + logvar).mean((1, 2)).sum()
+        bounds = 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+        decay = sum(wd * 0.5 * (layer.weight ** 2).sum() for wd, layer in zip(self.weight_decays, self.layers))
+        return nll + bounds + decay
+
+    @torch.no_grad()
+    def step(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One imagined transition per row: a sample from a random elite, and the uncertainties.
+
+        aleatoric: max over elites of the norm of the predicted std (MOPO's u(s, a));
+        epistemic: max over elites of the distance of a member's mean to the elites' mean;
+        pairwise:  max over elite pairs of the distance between their means (MOReL's USAD).
+        """
+        mean, logvar = self(obs, actions)
+        mean, std = mean[self.elite_idx], torch.exp(0.5 * logvar[self.elite_idx])
+        pick = torch.randint(0, self.num_elites, (obs.shape[0],), device=obs.device)
+        rows = torch.arange(obs.shape[0], device=obs.device)
+        sample = mean[pick, rows] + std[pick, rows] * torch.randn_like(mean[0])
+        next_obs = torch.maximum(torch.minimum(obs + sample[:, :-1], self.obs_high), self.obs_low)
+        reward = sample[:, -1].clamp(self.reward_range[0], self.reward_range[1])
+        members_first = mean.transpose(0, 1)  # [batch, elites, dims]
+        uncertainty = {
+            "aleatoric": std.norm(dim=-1).amax(0),
+            "epistemic": (mean - mean.mean(0)).norm(dim=-1).amax(0),
+            "pairwise": torch.cdist(members_first, members_first).amax((1, 2)),
+        }
+        return next_obs, reward, uncertainty
+
+
+def train_dynamics(model: EnsembleDynamics, data: OfflineData, batch_size: int = 256, lr: float = 1e-3,
+                   holdout_size: int = 1000, patience: int = 5, max_epochs: int = 0, obs_margin: float = 0.1) -> dict:
+    """Fit the ensemble: bootstrap per member, holdout early stopping per member, elites.
+
+    A member's snapshot is kept when its holdout MSE improves by more than 1 %; training stops
+    when no member improved for `patience` epochs (or after `max_epochs` > 0). Every member
+    is restored to its best snapshot and the `elites` with the lowest holdout MSE are chosen.
+    """
+    inputs_obs, inputs_act = data.observations, data.actions
+    targets = torch.cat([data.next_observations - data.observations, data.rewards[:, None]], -1)
+    n, device, E = len(targets), targets.device, model.members
+    perm = torch.randperm(n, device=device)
+    n_hold = min(holdout_size, n // 5)
+    hold, train = perm[:n_hold], perm[n_hold:]
+    train_inputs = torch.cat([inputs_obs[train], inputs_act[train]], -1)
+    model.input_mean.copy_(train_inputs.mean(0))
+    std = train_inputs.std(0)
+    model.input_std.copy_(torch.where(std < 1e-12, torch.ones_like(std), std))
+    span = data.observations.amax(0) - data.observations.amin(0)
+    model.obs_low.copy_(data.observations.amin(0) - obs_margin * span)
+    model.obs_high.copy_(data.observations.amax(0) + obs_margin * span)
+    model.reward_range.copy_(torch.stack([data.rewards.min(), data.rewards.max()]))
+    bootstrap = train[torch.randint(0, len(train), (E, len(train)), device=device)]  # one resample per member
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    member_params = [p for layer in model.layers for p in (layer.weight, layer.bias)]
+
+    def holdout_mse() -> torch.Tensor:
+        with torch.no_grad():
+            mean, _ = model(inputs_obs[hold], inputs_act[hold])
+            return ((mean - targets[hold]) ** 2).mean((1, 2))
+
+    best = holdout_mse()
+    snapshot = [p.detach().clone() for p in member_params]
+    epoch, stale, history = 0, 0, []
+    bar = tqdm(desc="dynamics", unit="epoch", mininterval=2)
+    while True:
+        epoch += 1
+        order = bootstrap.gather(1, torch.argsort(torch.rand(E, len(train), device=device), dim=1))
+        for start in range(0, len(train), batch_size):
+            idx = order[:, start:start + batch_size]  # [E, B]: each member its own minibatch
+            loss = model.loss(inputs_obs[idx], inputs_act[idx], targets[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        mse = holdout_mse()
+        improved = (best - mse) / best > 0.01
+        if improved.any():
+            best = torch.where(improved, mse, best)
+            for p, s in zip(member_params, snapshot):
+                s[improved] = p.detach()[improved]
+            stale = 0
+        else:
+            stale += 1
+        history.append(mse.tolist())
+        bar.update(1)
+        bar.set_postfix(holdout_mse=f"{mse.mean().item():.4f}")
+        if stale >= patience or (max_epochs and epoch >= max_epochs):
+            break
+    bar.close()
+    with torch.no_grad():
+        for p, s in zip(member_params, snapshot):
+            p.copy_(s)
+        model.elite_idx.copy_(torch.argsort(best)[: model.num_elites])
+    return {"epochs": epoch, "holdout_mse": best.tolist(), "elites": model.elite_idx.tolist(), "history": history}
+
+
+def dynamics_fingerprint(data: OfflineData, settings: dict, seed: int) -> dict:
+    """What a trained ensemble depends on: the exact data, the model settings and the seed."""
+    digest = hashlib.sha1()
+    for tensor in (data.observations, data.actions, data.rewards, data.next_observations, data.terminals):
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return {"dataset": data.name, "transitions": len(data.rewards), "data_sha1": digest.hexdigest(), "seed": seed, **settings}
+
+
+def load_or_train_dynamics(data: OfflineData, settings: dict, seed: int, cache_dir: str, path: Optional[str], device: torch.device) -> EnsembleDynamics:
+    """Train once, reuse: an ensemble saved with its fingerprint is loaded when it matches.
+
+    `path` (explicit) must exist and match; otherwise the cache file named by the fingerprint
+    in `cache_dir` is used when present and trained and written when absent.
+    """
+    fingerprint = dynamics_fingerprint(data, settings, seed)
+    key = hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", data.name).strip("-")
+    if path is not None and not os.path.isfile(path):
+        sys.exit(f"error: dynamics file {path!r} does not exist; drop --dynamics-path to train (and cache) a new ensemble")
+    path = path or os.path.join(cache_dir, f"{safe}__seed{seed}__{key}.pt")
+    model_args = {k: settings[k] for k in ("members", "elites", "hidden_dim", "hidden_layers")}
+    model = EnsembleDynamics(data.observations.shape[1], data.actions.shape[1], **model_args).to(device)
+    if os.path.isfile(path):
+        saved = torch.load(path, map_location=device, weights_only=False)
+        if saved["fingerprint"] != fingerprint:
+            diff = sorted(k for k in set(fingerprint) | set(saved["fingerprint"]) if fingerprint.get(k) != saved["fingerprint"].get(k))
+            sys.exit(f"error: dynamics file {path} was trained with other {', '.join(diff)} than this run; "
+                     "delete it, or drop --dynamics-path, or run with the settings it was made with")
+        model.load_state_dict(saved["model"])
+        print(f"dynamics: reusing {path} (holdout MSE of elites {np.mean([saved['log']['holdout_mse'][i] for i in saved['log']['elites']]):.4f})")
+        return model
+    start = time.time()
+    # a private random stream: training gives the same model, and leaves the caller's RNG where
+    # a cache hit would, so a run's numbers do not depend on whether the cache had the model
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        log = train_dynamics(model, data, batch_size=settings["batch_size"], lr=settings["lr"], holdout_size=settings["holdout_size"],
+                             patience=settings["patience"], max_epochs=settings["max_epochs"])
+    log["train_time_s"] = time.time() - start
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "log": log}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    print(f"dynamics: trained {log['epochs']} epochs in {log['train_time_s']:.0f} s, saved to {path}")
+    return model
+# ---- end shared: dynamics_ensemble ----
+
+
+# ---- shared: termination ----
+# Known termination functions of the Gymnasium v4 MuJoCo tasks, on next observations
+# (index 0 = torso height, 1 = torso angle). Hopper follows Gymnasium's healthy check,
+# including |s'[1:]| < 100 that the official MOPO code drops by a misplaced parenthesis.
+def hopper_done(next_obs: torch.Tensor) -> torch.Tensor:
+    height, angle = next_obs[:, 0], next_obs[:, 1]
+    healthy = (torch.isfinite(next_obs).all(-1) & (next_obs[:, 1:].abs() < 100).all(-1)
+               & (height > 0.7) & (angle.abs() < 0.2))
+    return ~healthy
+
+
+def walker2d_done(next_obs: torch.Tensor) -> torch.Tensor:
+    height, angle = next_obs[:, 0], next_obs[:, 1]
+    return ~((height > 0.8) & (height < 2.0) & (angle > -1.0) & (angle < 1.0))
+
+
+def halfcheetah_done(next_obs: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
+
+
+def ant_done(next_obs: torch.Tensor) -> torch.Tensor:
+    height = next_obs[:, 0]
+    return ~(torch.isfinite(next_obs).all(-1) & (height >= 0.2) & (height <= 1.0))
+
+
+TERMINATION_FNS = {"Hopper": hopper_done, "Walker2d": walker2d_done, "HalfCheetah": halfcheetah_done, "Ant": ant_done}
+
+
+def learned_termination(data: OfflineData, steps: int = 2000, batch_size: int = 256) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A classifier of the dataset's terminals on next observations, for tasks without a known rule."""
+    obs_dim, device = data.next_observations.shape[1], data.rewards.device
+    net = nn.Sequential(nn.Linear(obs_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    mean, std = data.next_observations.mean(0), data.next_observations.std(0) + 1e-6
+    positive = data.terminals.mean().clamp(min=1e-6)
+    pos_weight = (1 - positive) / positive  # terminals are rare: balance the two classes
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.rewards), (batch_size,), device=device)
+        logits = net((data.next_observations[idx] - mean) / std).squeeze(-1)
+        loss = F.binary_cross_entropy_with_logits(logits, data.terminals[idx], pos_weight=pos_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    net.requires_grad_(False)
+    return lambda next_obs: net((next_obs - mean) / std).squeeze(-1) > 0
+
+
+def termination_fn(data: OfflineData) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """The known rule for the task, else one learned from the terminals, else never done."""
+    env = data.make_env()
+    env_id = env.spec.id if env.spec is not None else ""
+    env.close()
+    family = env_id.split(":")[-1].split("-")[0].split("/")[-1]
+    if family in TERMINATION_FNS:
+        return TERMINATION_FNS[family], f"known rule for {family}"
+    if data.terminals.any():
+        return learned_termination(data), "learned from the dataset's terminals"
+    return halfcheetah_done, "none (the dataset has no terminals)"
+# ---- end shared: termination ----
+
+
+# ---- shared: sac_agent ----
+class TanhGaussianActor(nn.Module):
+    """Tanh-squashed Gaussian policy, rescaled to the action box (SAC, Appendix C)."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low: np.ndarray, action_high: np.ndarray):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
+        self.head = nn.Linear(hidden_dim, 2 * act_dim)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """An action and its log-probability (None for the deterministic mean action)."""
+        mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
+        if deterministic:
+            return torch.tanh(mean) * self.action_scale + self.action_bias, None
+        log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+        noise = torch.randn_like(mean)
+        u = mean + log_std.exp() * noise
+        gauss_logp = (-0.5 * noise ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        # change of variables through tanh: log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))
+        squash = (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        log_prob = gauss_logp - squash - torch.log(self.action_scale).sum()
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob
+
+
+class QEnsemble(nn.Module):
+    """`members` Q-functions as one batched network: Q(s, a) has shape [members, batch]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int = 2):
+        super().__init__()
+        self.net = nn.Sequential(
+            EnsembleLinear(obs_dim + act_dim, hidden_dim, members), nn.ReLU(),
+            EnsembleLinear(hidden_dim, hidden_dim, members), nn.ReLU(),
+            EnsembleLinear(hidden_dim, 1, members),
+        )
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
+
+
+class SAC(nn.Module):
+    """Soft actor-critic learner (Haarnoja et al., 2018) with clipped double Q and auto-tuned α.
+
+    `update` takes one minibatch (obs, actions, rewards, next_obs, terminals) and returns
+    the losses as detached tensors (no device synchronisation).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden_dim: int = 256,
+                 actor_lr: float = 3e-4, critic_lr: float = 3e-4, alpha_lr: float = 3e-4, gamma: float = 0.99,
+                 tau: float = 0.005, target_entropy: Optional[float] = None, autotune: bool = True, alpha: float = 0.2):
+        super().__init__()
+        self.actor = TanhGaussianActor(obs_dim, act_dim, hidden_dim, action_low, action_high)
+        self.critic = QEnsemble(obs_dim, act_dim, hidden_dim)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(0.0 if autotune else float(np.log(alpha))), requires_grad=autotune)
+        self.gamma, self.tau, self.autotune = gamma, tau, autotune
+        self.target_entropy = -float(act_dim) if target_entropy is None else target_entropy
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=alpha_lr)
+
+    def optimizers(self) -> dict:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+
+    def update(self, obs, actions, rewards, next_obs, terminals) -> dict:
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():  # soft Bellman target from the minimum of the two target critics
+            next_actions, next_logp = self.actor(next_obs)
+            next_q = self.critic_target(next_obs, next_actions).min(0).values - alpha * next_logp
+            target_q = rewards + self.gamma * (1.0 - terminals) * next_q
+        q = self.critic(obs, actions)
+        critic_loss = ((q - target_q) ** 2).mean(1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        pi_actions, logp = self.actor(obs)  # policy improvement: min α log π - min Q
+        self.critic.requires_grad_(False)  # only dQ/da is needed, not the critic's weight gradients
+        actor_loss = (alpha * logp - self.critic(obs, pi_actions).min(0).values).mean()
+        self.critic.requires_grad_(True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        if self.autotune:
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+        with torch.no_grad():
+            for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
+                tp.lerp_(p, self.tau)
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "alpha": alpha,
+                "entropy": -logp.detach().mean(), "q_mean": q.detach().mean()}
+# ---- end shared: sac_agent ----
+
+
+# ---- shared: replay_buffer ----
+class ReplayBuffer:
+    """A ring buffer of transitions kept as tensors on the device (model rollouts, online data)."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.size, self.pos = capacity, 0, 0
+        self.data = {"observations": torch.zeros(capacity, obs_dim, device=device),
+                     "actions": torch.zeros(capacity, act_dim, device=device),
+                     "rewards": torch.zeros(capacity, device=device),
+                     "next_observations": torch.zeros(capacity, obs_dim, device=device),
+                     "terminals": torch.zeros(capacity, device=device)}
+
+    def add(self, observations, actions, rewards, next_observations, terminals) -> None:
+        """Append a batch; the oldest transitions are overwritten when full."""
+        n = min(len(rewards), self.capacity)
+        idx = (self.pos + torch.arange(n, device=rewards.device)) % self.capacity
+        for key, value in zip(self.data, (observations, actions, rewards, next_observations, terminals)):
+            self.data[key][idx] = value[-n:].to(self.data[key].dtype)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
+        return tuple(v[idx] for v in self.data.values())
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "pos": self.pos, **{k: v[: self.size].cpu() for k, v in self.data.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size, self.pos = state["size"], state["pos"]
+        for key, value in self.data.items():
+            value[: self.size] = state[key].to(value.device)
+# ---- end shared: replay_buffer ----
+
+def dynamics_settings(args: Args) -> dict:
+    """The settings a trained ensemble depends on (its cache key, with the data and the seed)."""
+    return {"members": args.dynamics_members, "elites": args.dynamics_elites, "hidden_dim": args.dynamics_hidden_dim,
+            "hidden_layers": args.dynamics_hidden_layers, "batch_size": args.dynamics_batch_size, "lr": args.dynamics_lr,
+            "holdout_size": args.dynamics_holdout_size, "patience": args.dynamics_patience, "max_epochs": args.dynamics_max_epochs}
+
+
+@torch.no_grad()
+def rollout(model: EnsembleDynamics, actor: TanhGaussianActor, start_obs: torch.Tensor, horizon: int,
+            done_fn: Callable) -> tuple[tuple[torch.Tensor, ...], dict]:
+    """h-step rollouts of the current policy in the model, trusted as is; a rollout stops where it terminates."""
+    obs, steps = start_obs, []
+    for _ in range(horizon):
+        actions, _ = actor(obs)
+        next_obs, reward, u = model.step(obs, actions)
+        done = done_fn(next_obs)
+        steps.append((obs, actions, reward, next_obs, done.float(), u["aleatoric"]))
+        obs = next_obs[~done]
+        if len(obs) == 0:
+            break
+    obs, actions, rewards, next_obs, terminals, u = (torch.cat(x) for x in zip(*steps))
+    stats = {"rollout/uncertainty": u.mean(), "rollout/reward": rewards.mean(), "rollout/terminal_rate": terminals.mean()}
+    return (obs, actions, rewards, next_obs, terminals), stats
+
+
+def rollout_length(epoch: int, schedule: tuple[int, int, int, int]) -> int:
+    """The paper's schedule: length x until epoch a, then linear to y at epoch b, then y."""
+    a, b, x, y = schedule
+    fraction = min(max((epoch - a) / max(b - a, 1), 0.0), 1.0)
+    return int(round(x + fraction * (y - x)))
+
+
+def run_online(args: Args, device: torch.device) -> None:
+    """Online MBPO (Algorithm 2 of the paper) on a Gymnasium environment."""
+    try:
+        env = gym.make(args.env_id)
+    except Exception as e:
+        sys.exit(f"error: cannot make environment {args.env_id!r} ({type(e).__name__}: {e}); check the id, or use 'module:EnvId' for a custom one")
+    if not isinstance(env.action_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        sys.exit(f"error: MBPO needs a flat Box observation and a continuous Box action space; {args.env_id} has {env.observation_space} and {env.action_space}")
+    env.action_space.seed(args.seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    family = args.env_id.split(":")[-1].split("-")[0]
+    ref_min, ref_max = next(((lo, hi) for _, (eid, _, lo, hi) in D4RL_ENVS.items() if eid.split("-")[0] == family), (np.nan, np.nan))
+
+    agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, args.hidden_dim, args.actor_lr,
+                args.critic_lr, args.alpha_lr, args.gamma, args.tau, args.target_entropy).to(device)
+    model = EnsembleDynamics(obs_dim, act_dim, args.dynamics_members, args.dynamics_elites, args.dynamics_hidden_dim,
+                             args.dynamics_hidden_layers).to(device)
+    real = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device)
+    refits_per_epoch = max(1000 // args.model_train_every, 1)  # the model buffer holds one epoch of rollouts
+    model_buffer = ReplayBuffer(args.online_rollout_batch_size * max(args.rollout_schedule[2:]) * refits_per_epoch, obs_dim, act_dim, device)
+    real_batch = int(args.batch_size * args.real_ratio)
+    update = torch.compile(agent.update) if args.compile else agent.update
+    done_fn, rollout_stats = None, {}
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        return agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic=True)[0].cpu().numpy()
+
+    run_dir = make_run_dir(args, "mbpo", args.env_id)
+    writer = make_writer(args, run_dir)
+    history, start_time, obs = [], time.time(), env.reset(seed=args.seed)[0]
+    for step in tqdm(range(1, args.total_timesteps + 1), desc="mbpo online", mininterval=2):
+        if step <= args.init_random_steps:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                action = agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        as_row = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)[None]  # noqa: E731
+        real.add(as_row(obs), as_row(action), as_row(reward), as_row(next_obs), as_row(float(terminated)))
+        obs = env.reset()[0] if terminated or truncated else next_obs
+
+        if step >= args.init_random_steps and step % args.model_train_every == 0:
+            seen = {k: v[: real.size] for k, v in real.data.items()}
+            data = OfflineData(name=args.env_id, **seen, episode_returns=np.zeros(1), make_env=lambda: gym.make(args.env_id),
+                               ref_min_score=ref_min, ref_max_score=ref_max)
+            train_dynamics(model, data, args.dynamics_batch_size, args.dynamics_lr, args.dynamics_holdout_size,
+                           args.dynamics_patience, args.dynamics_max_epochs)
+            done_fn, _ = termination_fn(data)
+            start = real.sample(args.online_rollout_batch_size)[0]
+            batch, rollout_stats = rollout(model, agent.actor, start, rollout_length(step // 1000, args.rollout_schedule), done_fn)
+            model_buffer.add(*batch)
+        if done_fn is not None:  # G updates per environment step once there is a model
+            for _ in range(args.updates_per_step):
+                real_part, imagined = real.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
+                logs = update(*(torch.cat([r, m]) for r, m in zip(real_part, imagined)))
+            if step % args.log_every == 0:
+                for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
+                    writer.add_scalar(key, value.item(), step)
+
+        if step % args.eval_every == 0 or step == args.total_timesteps:
+            returns = evaluate(lambda: gym.make(args.env_id), act, args.eval_episodes, seed=args.seed + step)
+            scores = normalized_score(returns, ref_min, ref_max)
+            history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std()),
+                            "normalized_score": float(scores.mean())})
+            writer.add_scalar("eval/return", returns.mean(), step)
+            write_results(run_dir, {"algo": "mbpo", "env_id": args.env_id, "seed": args.seed, "evaluations": history,
+                                    "last_return": history[-1]["return"], "best_return": max(h["return"] for h in history),
+                                    "wall_time_s": time.time() - start_time})
+    writer.close()
+    print(f"mbpo online on {args.env_id}: last return {history[-1]['return']:.1f}; run directory {run_dir}")
+
+
+def main():
+    args = parse_args(Args)
+    set_seed(args.seed)
+    device = pick_device(args.device, args.threads)
+    if args.env_id is not None:
+        return run_online(args, device)
+    if args.dataset is None:
+        sys.exit("error: pass --dataset (offline MBPO) or --env-id (online MBPO)")
+    try:
+        data = load_dataset(args.dataset, device)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
+    model = load_or_train_dynamics(data, dynamics_settings(args), args.seed,
+                                   args.dynamics_cache_dir or os.path.join(args.runs_dir, "dynamics"), args.dynamics_path, device)
+    done_fn, done_source = termination_fn(data)
+    print(f"termination: {done_source}")
+
+    probe = data.make_env()
+    agent = SAC(obs_dim, act_dim, probe.action_space.low, probe.action_space.high, args.hidden_dim, args.actor_lr,
+                args.critic_lr, args.alpha_lr, args.gamma, args.tau, args.target_entropy).to(device)
+    probe.close()
+    model_buffer = ReplayBuffer(args.rollout_batch_size * args.rollout_length * args.model_retain, obs_dim, act_dim, device)
+    real_batch = int(args.batch_size * args.real_ratio)
+    update = torch.compile(agent.update) if args.compile else agent.update
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        return agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic=True)[0].cpu().numpy()
+
+    run_dir = make_run_dir(args, "mbpo", args.dataset)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    trained = {"agent": agent, **agent.optimizers(), "model_buffer": model_buffer}
+    step, history, train_time = 0, [], 0.0
+    if args.resume:
+        step, extra = load_checkpoint(checkpoint_path, trained)
+        history, train_time = extra["history"], extra["train_time"]
+    writer = make_writer(args, run_dir, step)
+
+    bar = tqdm(range(step + 1, args.num_updates + 1), desc="mbpo", mininterval=2)
+    tick = time.time()
+    for step in bar:
+        if (step - 1) % args.rollout_every == 0:
+            start = data.observations[torch.randint(0, len(data.rewards), (args.rollout_batch_size,), device=device)]
+            batch, rollout_stats = rollout(model, agent.actor, start, args.rollout_length, done_fn)
+            model_buffer.add(*batch)
+        real, imagined = data.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
+        logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
+
+        if step % args.log_every == 0:
+            for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
+                writer.add_scalar(key, value.item(), step)
+        if step % args.eval_every == 0 or step == args.num_updates:
+            train_time += time.time() - tick
+            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
+            record_evaluation(run_dir, writer, history, step, returns, data, "mbpo", args.seed, train_time)
+            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
+            tick = time.time()
+        if step % args.checkpoint_every == 0 or step == args.num_updates:
+            save_checkpoint(checkpoint_path, step, trained, {"history": history, "train_time": train_time + time.time() - tick})
+
+    writer.close()
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    print(f"mbpo on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
+          f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run directory {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
