@@ -553,8 +553,10 @@ class EnsembleDynamics(nn.Module):
     """
 
     def __init__(self, obs_dim: int, act_dim: int, members: int = 7, elites: int = 5, hidden_dim: int = 200,
-                 hidden_layers: int = 4, weight_decays: tuple = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)):
+                 hidden_layers: int = 4, weight_decays: Optional[tuple] = None):
         super().__init__()
+        if weight_decays is None:  # MBPO's per-layer decays for 4 hidden layers, the same range spread otherwise
+            weight_decays = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4) if hidden_layers == 4 else tuple(np.linspace(2.5e-5, 1e-4, hidden_layers + 1))
         if len(weight_decays) != hidden_layers + 1:
             raise ValueError("one weight decay per layer (hidden layers + output layer)")
         self.obs_dim, self.members, self.num_elites = obs_dim, members, elites
