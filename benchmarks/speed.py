@@ -111,7 +111,90 @@ def td3_bc_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, policy_freq
     return critic_step + actor_step // policy_freq  # averaged per update
 
 
-MACS_PER_UPDATE = {"bc": bc_macs, "td3_bc": td3_bc_macs}  # scripts not listed get "n/a"
+def sac_n_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, members: int = 10) -> int:
+    """algorithms/sac_n.py: 3x256 tanh-Gaussian actor (mean and log-std heads), N = 10 critics of 3x256."""
+    actor = mlp_macs([obs_dim, hidden, hidden, hidden], batch) + 2 * batch * hidden * act_dim
+    critic = members * mlp_macs([obs_dim + act_dim, hidden, hidden, hidden, 1], batch)  # one batched pass
+    actor_step = (
+        3 * actor  # actor forward + backward (its sample also serves the temperature loss)
+        + 2 * critic  # critic.frozen: every member, forward + input gradients (weights detached)
+    )
+    critic_step = (
+        1 * actor  # actor forward on next_obs (no grad)
+        + 1 * critic  # target critics forward (no grad)
+        + 3 * critic  # critics forward + backward
+    )
+    return actor_step + critic_step
+
+
+def iql_macs(obs_dim: int, act_dim: int, hidden: int, batch: int) -> int:
+    """algorithms/iql.py: a V, an actor and a twin-Q step every update (the official code's order)."""
+    actor = mlp_macs([obs_dim, hidden, hidden, act_dim], batch)
+    critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, 1], batch)  # DoubleCritic: 2 members, one batched pass
+    value = mlp_macs([obs_dim, hidden, hidden, 1], batch)
+    return (
+        1 * critic  # target Q-functions on (s, a), both members (no grad)
+        + 3 * value  # V forward + backward (expectile loss)
+        + 2 * value  # updated V on s and s' (no grad): the advantages and the Q targets
+        + 3 * actor  # actor forward + backward (advantage-weighted log-likelihood)
+        + 3 * critic  # Q forward + backward, both members
+    )
+
+
+def awac_macs(obs_dim: int, act_dim: int, hidden: int, batch: int) -> int:
+    """algorithms/awac.py: Gaussian actor of 4x256 and twin Q-functions of 2x256 (the authors' sizes)."""
+    actor = mlp_macs([obs_dim, hidden, hidden, hidden, hidden, act_dim], batch)
+    critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, 1], batch)  # DoubleCritic: 2 members, one batched pass
+    return (
+        1 * actor  # actor forward on next_obs (no grad): a' ~ pi(s')
+        + 1 * critic  # target Q-functions on (s', a') (no grad)
+        + 3 * critic  # Q forward + backward on (s, a)
+        + 1 * critic  # Q on (s, a~pi(s)) (no grad): the advantage baseline
+        + 3 * actor  # actor forward + backward (its forward also gives a~pi(s))
+    )
+
+
+def edac_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, members: int = 10) -> int:
+    """algorithms/edac.py: SAC-N plus the ensemble similarity, whose action gradients are differentiated again."""
+    actor = mlp_macs([obs_dim, hidden, hidden, hidden], batch) + 2 * batch * hidden * act_dim
+    critic = members * mlp_macs([obs_dim + act_dim, hidden, hidden, hidden, 1], batch)
+    actor_step = 3 * actor + 2 * critic  # as in SAC-N
+    critic_step = (
+        1 * actor  # actor forward on next_obs (no grad)
+        + 1 * critic  # target critics forward (no grad)
+        + 1 * critic  # critics forward, shared by the TD loss and the similarity
+        + 1 * critic  # ∇_a Q of every member (autograd.grad with create_graph)
+        + 2 * critic  # backward through that gradient pass (weights and its inputs)
+        + 2 * critic  # backward through the forward (weights and activations)
+    )
+    return actor_step + critic_step
+
+
+def rebrac_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, policy_freq: int = 2) -> int:
+    """algorithms/rebrac.py: TD3+BC's update with 3x256 networks (LayerNorm ignored: not a matmul)."""
+    actor = mlp_macs([obs_dim, hidden, hidden, hidden, act_dim], batch)
+    critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, hidden, 1], batch)  # DoubleCritic: one batched pass
+    critic_step = 1 * actor + 1 * critic + 3 * critic  # target actor, target critics, critics forward + backward
+    actor_step = 3 * actor + 2 * critic  # critic.frozen: both members (min), forward + input gradients
+    return critic_step + actor_step // policy_freq
+
+
+def cql_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, num_sampled: int = 10) -> int:
+    """algorithms/cql.py: SAC with 3x256 networks; both Q-functions run once, batched, over the data's
+    action and the 3N sampled actions (uniform, pi(s), pi(s')) of every state."""
+    actor = mlp_macs([obs_dim, hidden, hidden, hidden], batch) + 2 * batch * hidden * act_dim  # trunk + mean, log-std heads
+    critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, hidden, 1], batch)  # DoubleCritic: 2 members
+    action_sets = 1 + 3 * num_sampled
+    return (
+        3 * actor  # actor forward + backward on s (its mean and std also give the N samples at s)
+        + 1 * actor  # actor on s' (no grad): a' for the target and the N samples at s'
+        + 2 * critic  # critic.frozen on (s, a~pi(s)): forward + input gradients (weights detached)
+        + 1 * critic  # target Q-functions on (s', a') (no grad)
+        + 3 * action_sets * critic  # Q forward + backward on all 1 + 3N action sets, both members
+    )
+
+
+MACS_PER_UPDATE = {"bc": bc_macs, "td3_bc": td3_bc_macs, "sac_n": sac_n_macs, "edac": edac_macs, "rebrac": rebrac_macs, "iql": iql_macs, "awac": awac_macs, "cql": cql_macs}  # scripts not listed get "n/a"
 
 
 # ---------------------------------------------------------------- measurements
@@ -150,6 +233,8 @@ def time_script(name: str, script: Path, dataset: Path, runs_dir: Path, updates:
     command = [sys.executable, str(script), "--dataset", str(dataset), "--num-updates", str(updates),
                "--eval-every", str(updates), "--eval-episodes", "1", "--checkpoint-every", str(updates),
                "--batch-size", "256", "--threads", str(threads), "--device", device, "--runs-dir", str(runs_dir)]
+    if "dynamics_max_epochs" in script.read_text():  # model-based: the dynamics are timed apart (model_based_phases)
+        command += ["--dynamics-max-epochs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     done = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True)
     results = sorted(runs_dir.glob("*/results.json"))
@@ -157,6 +242,68 @@ def time_script(name: str, script: Path, dataset: Path, runs_dir: Path, updates:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return {"error": lines[-1] if lines else f"exit code {done.returncode}"}
     return json.loads(results[-1].read_text())
+
+
+def model_based_phases(dataset: Path, device: torch.device, threads: int) -> list[dict]:
+    """The three phases of the model-based scripts, timed on the shared blocks of mopo.py.
+
+    dynamics epoch: one epoch of ensemble training (7 members, 4x200, batch 256 per member) on
+    the 200k synthetic transitions; rollout: 50,000 starts x 5 steps of the SAC actor in the
+    ensemble (all members evaluated, as the uncertainties need); SAC update: one update on a
+    mixed minibatch of 256. Each with its multiply-add count (conventions above).
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mopo_speed", ALGORITHMS / "mopo.py")
+    mopo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mopo)
+    torch.manual_seed(0)
+    data = mopo.load_dataset(str(dataset), device)
+    members, hidden_dyn, out = 7, 200, 2 * (OBS_DIM + 1)
+    per_sample = mlp_macs([OBS_DIM + ACT_DIM, hidden_dyn, hidden_dyn, hidden_dyn, hidden_dyn, out], 1)
+    actor_macs = mlp_macs([OBS_DIM, HIDDEN, HIDDEN, 2 * ACT_DIM], 1)
+    critic_macs = 2 * mlp_macs([OBS_DIM + ACT_DIM, HIDDEN, HIDDEN, 1], 1)
+    rows = []
+
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    model = mopo.EnsembleDynamics(OBS_DIM, ACT_DIM).to(device)
+    seconds = timed(lambda: mopo.train_dynamics(model, data, holdout_size=1000, max_epochs=1))
+    trained = NUM_TRANSITIONS - 1000
+    rows.append({"phase": "dynamics training, one epoch", "seconds": seconds,
+                 "gflop": 2 * 3 * members * trained * per_sample / 1e9, "reference": "9.9 s (OfflineRL-Kit)"})
+
+    agent = mopo.SAC(OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM)).to(device)
+    start = data.observations[torch.randint(0, NUM_TRANSITIONS, (50_000,), device=device)]
+    never = lambda next_obs: torch.zeros(len(next_obs), dtype=torch.bool, device=next_obs.device)  # noqa: E731
+    mopo.rollout(model, agent.actor, start[:1000], 5, never, 1.0, "aleatoric")  # warm-up
+    seconds = timed(lambda: mopo.rollout(model, agent.actor, start, 5, never, 1.0, "aleatoric"))
+    rows.append({"phase": "rollout, 50,000 starts x 5 steps", "seconds": seconds,
+                 "gflop": 2 * 50_000 * 5 * (members * per_sample + actor_macs) / 1e9, "reference": "8.5 s (OfflineRL-Kit)"})
+
+    buffer = mopo.ReplayBuffer(100_000, OBS_DIM, ACT_DIM, device)
+    buffer.add(data.observations[:100_000], data.actions[:100_000], data.rewards[:100_000],
+               data.next_observations[:100_000], data.terminals[:100_000])
+
+    def updates(n: int):
+        for _ in range(n):
+            real, imagined = data.sample(12), buffer.sample(244)
+            agent.update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
+
+    updates(50)
+    n = 500
+    seconds = timed(lambda: updates(n)) / n
+    sac_macs = 256 * (actor_macs + critic_macs + 3 * critic_macs + 3 * actor_macs + 2 * critic_macs)
+    rows.append({"phase": "SAC update, mixed batch of 256", "seconds": seconds, "gflop": 2 * sac_macs / 1e9,
+                 "reference": "7.4 ms (OfflineRL-Kit)"})
+    return rows
 
 
 # ---------------------------------------------------------------- report
@@ -208,6 +355,7 @@ def main():
     default_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parser.add_argument("--threads", type=int, default=default_threads, help=f"torch CPU threads (default: all cores, {default_threads})")
     parser.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu" or "cuda" (default: auto)')
+    parser.add_argument("--no-phases", action="store_true", help="skip the model-based phase timings")
     parser.add_argument("--out", default=str(PROJECT / "benchmarks" / "results" / "speed.md"), help="markdown file to write")
     args = parser.parse_args()
     if args.updates < 1 or args.threads < 1:
@@ -240,8 +388,20 @@ def main():
             counter = MACS_PER_UPDATE.get(name)
             gflop = 2 * counter(OBS_DIM, ACT_DIM, HIDDEN, 256) / 1e9 if counter else None
             rows.append({"name": name, "updates_per_second": result["updates_per_second"], "gflop": gflop})
+        phases = []
+        if not args.no_phases:
+            print("timing the model-based phases ...", file=sys.stderr)
+            phases = model_based_phases(dataset, device, args.threads)
 
     text = report(rows, peak, args.threads, device, args.updates, command)
+    if phases:
+        text += ("\n## Model-based phases (the shared blocks of mopo.py, morel.py, mbpo.py)\n\n"
+                 "| phase | time | GFLOP | achieved GFLOP/s | % of matmul peak | reference (2 threads, this CPU) |\n"
+                 "|---|---:|---:|---:|---:|---|\n")
+        for row in phases:
+            shown = f"{row['seconds'] * 1e3:.2f} ms" if row["seconds"] < 1 else f"{row['seconds']:.2f} s"
+            achieved = row["gflop"] / row["seconds"]
+            text += f"| {row['phase']} | {shown} | {row['gflop']:.1f} | {achieved:.1f} | {100 * achieved / peak:.1f} % | {row['reference']} |\n"
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

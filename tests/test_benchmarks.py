@@ -1,0 +1,197 @@
+"""benchmarks/run.py (grid runner) and benchmarks/report.py on a tiny grid of real runs.
+
+One grid (bc and td3_bc x the shipped Pendulum data x 2 seeds, 30 updates each) is run
+once for the module; the other tests reuse it, so the whole file takes well under a minute.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, load_script
+
+RUN = os.path.join(ROOT, "benchmarks", "run.py")
+DATASET = "shipped/pendulum-medium-replay"
+TINY = ["num_updates=30", "eval_every=15", "eval_episodes=1", "checkpoint_every=15"]
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+
+
+def run_grid(runs_dir, *extra, algos=("bc", "td3_bc"), seeds=(0, 1), budget=TINY, datasets=(DATASET,)):
+    command = [sys.executable, RUN, "--algos", *algos, "--datasets", *datasets, "--seeds", *map(str, seeds),
+               "--runs-dir", str(runs_dir), "--threads", "1", "--device", "cpu", *extra, "--set", *budget]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+
+
+def run_dirs(runs_dir, pattern="*__*__*__*"):
+    return sorted(d for d in glob.glob(os.path.join(str(runs_dir), pattern)) if os.path.isdir(d))
+
+
+def evaluations(run_dir):
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)["evaluations"]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("grid")
+    done = run_grid(runs_dir, "--workers", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return runs_dir, done
+
+
+def test_grid_runs_every_cell(grid):
+    runs_dir, done = grid
+    dirs = run_dirs(runs_dir)
+    assert len(dirs) == 4
+    for algo in ("bc", "td3_bc"):
+        for seed in (0, 1):
+            (run_dir,) = run_dirs(runs_dir, f"{algo}__shipped-pendulum-medium-replay__{seed}__*")
+            assert [e["step"] for e in evaluations(run_dir)] == [15, 30]
+            config = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
+            assert (config["num_updates"], config["eval_episodes"], config["seed"]) == (30, 1, seed)
+            log = os.path.join(runs_dir, "logs", f"{algo}__shipped-pendulum-medium-replay__{seed}.log")
+            assert f"{algo} on {DATASET}: last normalised score" in open(log).read()  # the script's output went to its log
+    assert "4 cells: 4 run, 0 already finished, 0 failed" in done.stdout
+
+
+def test_second_invocation_skips_finished_cells(grid):
+    runs_dir, _ = grid
+    before = {d: os.path.getmtime(os.path.join(d, "results.json")) for d in run_dirs(runs_dir)}
+    start = time.time()
+    again = run_grid(runs_dir, "--workers", "2")
+    assert again.returncode == 0, again.stderr
+    assert time.time() - start < 20  # no script started (one takes seconds just to import torch)
+    assert "4 cells: 0 run, 4 already finished, 0 failed" in again.stdout
+    assert sum(line.startswith("skipped") for line in again.stdout.splitlines()) == 4
+    assert {d: os.path.getmtime(os.path.join(d, "results.json")) for d in run_dirs(runs_dir)} == before
+
+
+def test_dry_run_prints_only_the_missing_cells(grid):
+    runs_dir, _ = grid
+    dry = run_grid(runs_dir, "--dry-run", seeds=(0, 1, 2))
+    assert dry.returncode == 0, dry.stderr
+    commands = [line for line in dry.stdout.splitlines() if not line.startswith("#")]
+    assert len(commands) == 2 and all("--seed 2" in c and "--config" in c for c in commands)
+    assert sum(": finished " in line for line in dry.stdout.splitlines()) == 4
+    assert len(run_dirs(runs_dir)) == 4  # nothing ran
+
+
+def test_other_settings_are_not_mixed_in(grid):
+    runs_dir, _ = grid
+    conflict = run_grid(runs_dir, algos=("td3_bc",), seeds=(0,), budget=TINY + ["td3_bc.alpha=3"])
+    assert conflict.returncode == 1
+    assert "was made with alpha=2.5" in conflict.stderr and len(conflict.stderr.strip().splitlines()) == 1
+    bad_key = run_grid(runs_dir, budget=TINY + ["alpha=3"])  # bc has no alpha
+    assert bad_key.returncode == 2 and "bc has no field 'alpha'" in bad_key.stderr
+
+
+def test_failed_cell_ends_with_a_one_line_summary(tmp_path):
+    failed = run_grid(tmp_path, algos=("bc",), seeds=(0,), datasets=("shipped/no-such-data",))
+    assert failed.returncode == 1
+    (line,) = failed.stderr.strip().splitlines()
+    assert "1 failed" in line and "shipped dataset 'no-such-data' not found" in line
+
+
+@pytest.fixture(scope="module")
+def partial_run(tmp_path_factory):
+    """td3_bc seed 1 run through submitit's local executor for 15 of its 30 updates, left as a
+    run killed after its checkpoint at update 15 leaves it: config.yaml asks for 30 updates,
+    checkpoint.pt and results.json stop at 15."""
+    pytest.importorskip("submitit")
+    runs_dir = tmp_path_factory.mktemp("partial")
+    done = run_grid(runs_dir, "--executor", "local-submitit", algos=("td3_bc",), seeds=(1,),
+                    budget=["num_updates=15", "eval_every=15", "eval_episodes=1", "checkpoint_every=15"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = run_dirs(runs_dir)
+    config_path = os.path.join(run_dir, "config.yaml")
+    with open(config_path) as f:
+        config = yaml.safe_load(f)
+    with open(config_path, "w") as f:
+        yaml.safe_dump({**config, "num_updates": 30}, f)
+    return runs_dir, run_dir, done
+
+
+def test_submitit_local_executor_runs_a_cell(partial_run):
+    runs_dir, run_dir, done = partial_run
+    assert "submitted 1 cells to local" in done.stdout and "1 cells: 1 run" in done.stdout
+    assert glob.glob(str(runs_dir / "submitit" / "*_result.pkl"))
+    assert os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
+    assert [e["step"] for e in evaluations(run_dir)] == [15]
+
+
+def test_interrupted_cell_is_resumed(grid, partial_run):
+    runs_dir, run_dir, _ = partial_run
+    dry = run_grid(runs_dir, "--dry-run", algos=("td3_bc",), seeds=(1,))
+    assert f"--resume {run_dir} --num-updates 30" in dry.stdout
+    resumed = run_grid(runs_dir, algos=("td3_bc",), seeds=(1,))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    assert run_dirs(runs_dir) == [run_dir]  # continued in place, not started anew
+    # and it ends with the numbers of the uninterrupted run of the same cell in the grid
+    (whole,) = run_dirs(grid[0], "td3_bc__shipped-pendulum-medium-replay__1__*")
+    assert evaluations(run_dir) == evaluations(whole)
+
+
+def test_report_on_the_grid(grid):
+    pytest.importorskip("rliable")
+    runs_dir, _ = grid
+    report = load_script(os.path.join(ROOT, "benchmarks", "report.py"))
+    out = runs_dir / "report"
+    report.main([str(runs_dir), "--out", str(out), "--reps", "200", "--profile-reps", "50"])
+    text = (out / "report.md").read_text()
+    for algo in ("bc", "td3_bc"):
+        results = [json.load(open(os.path.join(d, "results.json"))) for d in run_dirs(runs_dir, f"{algo}__*")]
+        last = np.array([r["last_normalized_score"] for r in results])
+        best = np.array([r["best_normalized_score"] for r in results])
+        behaviour = results[0]["behaviour_normalized_score"]
+        row = (f"| {DATASET} | {behaviour:.1f} | {algo} | 2 | 30 | {last.mean():.1f} ± {last.std():.1f} | "
+               f"{best.mean():.1f} ± {best.std():.1f} | — |")
+        assert row in text, f"missing row {row}\n{text}"
+        assert f"| {algo} | 2 | " in text  # the rliable aggregate row
+    for png in ("learning_curves.png", "performance_profile.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in text
+
+
+def write_fake_run(runs_dir, algo, dataset, seed, final, num_updates=1000, reached=1000):
+    run_dir = os.path.join(runs_dir, f"{algo}__{dataset}__{seed}__1700000000")
+    os.makedirs(run_dir)
+    history = [{"step": s, "return": 0.0, "normalized_score": final * s / num_updates} for s in range(250, reached + 1, 250)]
+    json.dump({"algo": algo, "dataset": dataset, "seed": seed, "evaluations": history,
+               "last_normalized_score": history[-1]["normalized_score"],
+               "best_normalized_score": max(h["normalized_score"] for h in history),
+               "behaviour_normalized_score": 44.3}, open(os.path.join(run_dir, "results.json"), "w"))
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump({"num_updates": num_updates, "seed": seed}, f)
+
+
+def test_report_puts_published_numbers_with_their_source(tmp_path):
+    pytest.importorskip("rliable")
+    report = load_script(os.path.join(ROOT, "benchmarks", "report.py"))
+    for seed, final in enumerate((50.0, 54.0)):
+        write_fake_run(tmp_path, "bc", "hopper-medium-v2", seed, final)
+        write_fake_run(tmp_path, "mopo", "hopper-medium-v2", seed, final + 20)
+    write_fake_run(tmp_path, "bc", "hopper-medium-v2", 2, 0.0, reached=500)  # unfinished: not counted
+    report.main([str(tmp_path), "--reps", "100", "--profile-reps", "20"])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| hopper-medium-v2 | 44.3 | bc | 2 | 1000 | 52.0 ± 2.0 | 52.0 ± 2.0 | 53.51 ± 1.76 (CORL) |" in text
+    assert "| 62.8 ± 38.1 (OfflineRL-Kit)<br>28.0 (MOReL Tab. 2, D4RL v0) |" in text  # MOPO: both sources, v0 named
+    assert "bc__hopper-medium-v2__2__1700000000`: unfinished (500 of 1000 updates)" in text
+
+
+def test_published_scores_file():
+    sources = yaml.safe_load(open(os.path.join(ROOT, "benchmarks", "published_scores.yaml")))["sources"]
+    counts = {name: sum(len(v) for v in source["scores"].values()) for name, source in sources.items()}
+    assert counts == {"corl": 72, "offlinerl_kit": 36, "morel_table2": 24}
+    for source in sources.values():
+        assert source["label"] and source["title"] and source["url"].startswith("https://")
+        for scores in source["scores"].values():
+            for mean, std in scores.values():
+                assert isinstance(mean, float) and (std is None or isinstance(std, float))
