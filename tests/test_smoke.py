@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 from scripts import SMOKE_DATASET, args_fields, script_names, tiny_args
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
@@ -53,3 +53,23 @@ def test_bad_config_key_is_one_line(name, tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "no_such_field" in lines[0], result.stderr
+
+
+def test_mbpo_online(tmp_path):
+    """Online MBPO on Pendulum with a tiny budget: model refits, rollouts and G updates per step run."""
+    argv = [os.path.join(ROOT, "algorithms", "mbpo.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "600",
+            "--init-random-steps", "200", "--model-train-every", "200", "--updates-per-step", "2",
+            "--online-rollout-batch-size", "100", "--rollout-schedule", "0", "1", "1", "3", "--dynamics-max-epochs", "2",
+            "--eval-every", "300", "--eval-episodes", "1", "--batch-size", "32", "--threads", "1", "--device", "cpu",
+            "--runs-dir", str(tmp_path)]
+    result = run(argv, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = glob.glob(str(tmp_path / "mbpo__*" / "results.json"))
+    history = json.load(open(path))["evaluations"]
+    assert [h["step"] for h in history] == [300, 600]
+
+
+def test_rollout_length_schedule():
+    mbpo = load_script("mbpo")
+    schedule = (20, 100, 1, 15)
+    assert [mbpo.rollout_length(e, schedule) for e in (0, 20, 60, 100, 150)] == [1, 1, 8, 15, 15]
