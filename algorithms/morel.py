@@ -573,12 +573,18 @@ class EnsembleDynamics(nn.Module):
         self.register_buffer("obs_high", torch.full((obs_dim,), float("inf")))
         self.register_buffer("reward_range", torch.tensor([-float("inf"), float("inf")]))
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of [Δobs, reward], each [members, batch, obs_dim + 1]."""
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, members: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of [Δobs, reward], each [members, batch, obs_dim + 1].
+
+        `members` (indices) evaluates only those members, e.g. the elites in rollouts.
+        """
         x = (torch.cat([obs, actions], -1) - self.input_mean) / self.input_std
-        for layer in self.layers[:-1]:
-            x = F.silu(layer(x))
-        mean, logvar = self.layers[-1](x).chunk(2, dim=-1)
+        for i, layer in enumerate(self.layers):
+            weight, bias = (layer.weight, layer.bias) if members is None else (layer.weight[members], layer.bias[members])
+            x = torch.baddbmm(bias, x.expand(weight.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, weight)
+            if i < len(self.layers) - 1:
+                x = F.silu(x)
+        mean, logvar = x.chunk(2, dim=-1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar
@@ -592,15 +598,20 @@ class EnsembleDynamics(nn.Module):
         return nll + bounds + decay
 
     @torch.no_grad()
-    def step(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def step(self, obs: torch.Tensor, actions: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """One imagined transition per row: a sample from a random elite, and the uncertainties.
 
         aleatoric: max over elites of the norm of the predicted std (MOPO's u(s, a));
         epistemic: max over elites of the distance of a member's mean to the elites' mean;
         pairwise:  max over elite pairs of the distance between their means (MOReL's USAD).
+        Large batches go through in chunks, so activations stay in cache (the same numbers).
         """
-        mean, logvar = self(obs, actions)
-        mean, std = mean[self.elite_idx], torch.exp(0.5 * logvar[self.elite_idx])
+        if len(obs) > chunk:
+            parts = [self.step(obs[i:i + chunk], actions[i:i + chunk], chunk) for i in range(0, len(obs), chunk)]
+            return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                    {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]})
+        mean, logvar = self(obs, actions, members=self.elite_idx)
+        std = torch.exp(0.5 * logvar)
         pick = torch.randint(0, self.num_elites, (obs.shape[0],), device=obs.device)
         rows = torch.arange(obs.shape[0], device=obs.device)
         sample = mean[pick, rows] + std[pick, rows] * torch.randn_like(mean[0])

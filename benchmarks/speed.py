@@ -249,7 +249,7 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
 
     dynamics epoch: one epoch of ensemble training (7 members, 4x200, batch 256 per member) on
     the 200k synthetic transitions; rollout: 50,000 starts x 5 steps of the SAC actor in the
-    ensemble (all members evaluated, as the uncertainties need); SAC update: one update on a
+    ensemble (the 5 elites evaluated, as the uncertainties need); SAC update: one update on a
     mixed minibatch of 256. Each with its multiply-add count (conventions above).
     """
     import importlib.util
@@ -286,7 +286,7 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
     mopo.rollout(model, agent.actor, start[:1000], 5, never, 1.0, "aleatoric")  # warm-up
     seconds = timed(lambda: mopo.rollout(model, agent.actor, start, 5, never, 1.0, "aleatoric"))
     rows.append({"phase": "rollout, 50,000 starts x 5 steps", "seconds": seconds,
-                 "gflop": 2 * 50_000 * 5 * (members * per_sample + actor_macs) / 1e9, "reference": "8.5 s (OfflineRL-Kit)"})
+                 "gflop": 2 * 50_000 * 5 * (5 * per_sample + actor_macs) / 1e9, "reference": "8.5 s (OfflineRL-Kit)"})  # the 5 elites
 
     buffer = mopo.ReplayBuffer(100_000, OBS_DIM, ACT_DIM, device)
     buffer.add(data.observations[:100_000], data.actions[:100_000], data.rewards[:100_000],

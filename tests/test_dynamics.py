@@ -28,7 +28,7 @@ def fixed_model(mean, logvar):
     members = mean.shape[0]
     model = mopo.EnsembleDynamics(obs_dim=mean.shape[-1] - 1, act_dim=1, members=members, elites=members, hidden_dim=8, hidden_layers=1,
                                   weight_decays=(0.0, 0.0))
-    model.forward = lambda obs, act: (mean, logvar)
+    model.forward = lambda obs, act, members=None: (mean, logvar) if members is None else (mean[members], logvar[members])
     return model
 
 
