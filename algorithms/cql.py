@@ -1,0 +1,746 @@
+"""CQL: conservative Q-learning for offline reinforcement learning.
+
+Kumar, Zhou, Tucker and Levine, "Conservative Q-Learning for Offline Reinforcement Learning",
+NeurIPS 2020, https://arxiv.org/abs/2006.04779
+
+SAC (tanh-Gaussian actor, twin Q-functions, automatic entropy temperature) whose Q-functions
+are trained with an extra penalty, CQL(H) (Eq. 4): α (log Σ_a exp Q(s, a) - E_{a~data} Q(s, a)).
+It pushes Q down on every action, most on those Q overrates, and back up on the data's actions,
+so the learned Q is a lower bound on the policy's value off the data and the actor cannot exploit
+over-estimated unseen actions. log Σ_a exp Q(s, a) is estimated by importance sampling from N
+uniform actions, N actions of the current policy at s and N at s', each term corrected by its
+own log-density, exactly as the authors' code does (min_q_version 3). All 1 + 3N action sets of
+a minibatch go through both Q-functions in one batched pass. The Lagrange variant, which tunes
+α so that the penalty stays near a threshold τ, is an option (off on locomotion, as in the paper).
+
+Example:
+    python algorithms/cql.py --dataset shipped/hopper-medium-replay --num-updates 50000
+"""
+
+import copy
+import json
+import os
+import random
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pyrallis
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    dataset: str = "hopper-medium-v2"
+    """D4RL name, Minari id, .hdf5 path or shipped/<name> (see the dataset block)"""
+    seed: int = 0
+    """seed of python, numpy, torch and the evaluation environments"""
+    num_updates: int = 1_000_000
+    """gradient updates (each updates the actor, α and both Q-functions once)"""
+    batch_size: int = 256
+    """minibatch size"""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actor and of log α: the default of the authors' D4RL launcher
+    (examples/cql_mujoco_new.py); the paper's appendix and CORL use 3e-5, which learns slower"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the two Q-functions (and of log α' in the Lagrange variant)"""
+    hidden_dim: int = 256
+    """width of the hidden layers of actor and Q-functions"""
+    layers: int = 3
+    """hidden layers of actor and Q-functions (the authors' 3x256)"""
+    gamma: float = 0.99
+    """discount γ"""
+    tau: float = 0.005
+    """target smoothing coefficient τ of the target Q-functions"""
+    cql_alpha: float = 5.0
+    """α of the CQL(H) penalty (Eq. 4), the authors' min_q_weight: 5 or 10 without the Lagrange variant"""
+    num_sampled_actions: int = 10
+    """N: actions drawn per state from each of uniform, π(·|s) and π(·|s') for log Σ_a exp Q"""
+    cql_temperature: float = 1.0
+    """temperature of the log-sum-exp (the authors' temp)"""
+    lagrange_threshold: float = -1.0
+    """τ of CQL(Lagrange): when > 0, a multiplier α' ≥ 0 scales the penalty and is tuned so that
+    α (log Σ exp Q - Q(data)) stays near τ; < 0 turns the variant off (locomotion)"""
+    backup_entropy: bool = False
+    """subtract α log π(a'|s') in the Q target (off: the authors' deterministic_backup on D4RL)"""
+    normalize_observations: bool = False
+    """standardise observations with the dataset's mean and std (the authors' code does not; CORL does)"""
+    eval_every: int = 5_000
+    """updates between evaluations"""
+    eval_episodes: int = 10
+    """episodes per evaluation (vectorised environment, deterministic policy)"""
+    checkpoint_every: int = 50_000
+    """updates between checkpoints that --resume continues from"""
+    log_every: int = 1_000
+    """updates between loss logs"""
+    resume: Optional[str] = None
+    """run directory of a killed run to continue (its config.yaml is loaded first)"""
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu" or "cuda" """
+    threads: int = 0
+    """torch CPU threads (0 keeps torch's default)"""
+    compile: bool = False
+    """torch.compile the update step"""
+    runs_dir: str = "runs"
+    """parent folder of the run directory"""
+    track: bool = False
+    """also log to Weights & Biases (needs wandb)"""
+    config: Optional[str] = None
+    """YAML file whose keys override these defaults (the command line still wins)"""
+
+
+# ---- shared: config ----
+def parse_args(args_cls):
+    """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume).
+
+    Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
+    """
+    argv = sys.argv[1:]
+
+    def option(name):
+        for i, arg in enumerate(argv):
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+        return None
+
+    defaults = args_cls()
+    for flag in ("--resume", "--config"):
+        path = option(flag)
+        if path is None or not hasattr(defaults, flag[2:]):
+            continue
+        if flag == "--resume":
+            path = os.path.join(path, "config.yaml")
+        if not os.path.isfile(path):
+            sys.exit(f"error: {flag}: {path!r} does not exist; " + (
+                "pass the run directory of an earlier run" if flag == "--resume" else "pass a YAML file such as one in benchmarks/configs/"))
+        try:
+            with open(path) as f:
+                overrides = yaml.safe_load(f) or {}
+            if not isinstance(overrides, dict):
+                raise ValueError("the file is not a mapping of Args fields to values")
+            defaults = pyrallis.decode(args_cls, {**pyrallis.encode(defaults), **overrides})
+        except Exception as e:  # unknown keys, wrong types, broken YAML
+            reason = " ".join(str(e).split())
+            sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
+    return tyro.cli(args_cls, default=defaults)
+# ---- end shared: config ----
+
+
+# ---- shared: run ----
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str, threads: int = 0) -> torch.device:
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def make_run_dir(args, algo: str, dataset: str) -> str:
+    """runs/<algo>__<dataset>__<seed>__<unix time>/ holding the resolved config.yaml (or the resumed run's)."""
+    if getattr(args, "resume", None):
+        run_dir = args.resume
+    else:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
+        run_dir = os.path.join(args.runs_dir, f"{algo}__{safe}__{args.seed}__{int(time.time())}")
+        os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        pyrallis.dump(args, f)
+    return run_dir
+
+
+def make_writer(args, run_dir: str, start_step: int = 0) -> SummaryWriter:
+    """Tensorboard writer; a resumed run drops the events logged after its checkpoint."""
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            sys.exit("error: --track needs wandb; pip install wandb, or drop --track")
+        wandb.init(config=asdict(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    writer = SummaryWriter(run_dir, purge_step=start_step if start_step > 0 else None)
+    writer.add_text("config", "\n".join(f"{k}: {v}" for k, v in asdict(args).items()))
+    return writer
+
+
+def write_results(run_dir: str, results: dict) -> None:
+    path = os.path.join(run_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)  # atomic: a killed run never leaves half a file
+
+
+def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
+    """Everything needed to continue: state dicts, RNG states, the step and `extra` (e.g. history)."""
+    state = {"step": step, "objects": {k: v.state_dict() for k, v in objects.items()}, "extra": extra,
+             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
+    """Restore what save_checkpoint wrote into `objects`; returns the step and `extra`."""
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see --checkpoint-every)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for k, v in objects.items():
+        v.load_state_dict(state["objects"][k])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"], state["extra"]
+# ---- end shared: run ----
+
+
+# ---- shared: dataset ----
+# Every dataset becomes the same tensors on the device, an evaluation environment and
+# reference returns. Accepted names:
+#   D4RL        hopper-medium-replay-v2   hdf5 from $D4RL_DATASET_DIR or ~/.d4rl/datasets
+#                                         (downloaded when absent), evaluated on Gymnasium v4
+#   Minari      mujoco/hopper/medium-v0   through the minari package
+#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
+#   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
+D4RL_NAME = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v2$")
+D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns (random, expert)
+    "halfcheetah": ("HalfCheetah-v4", {}, -280.178953, 12135.0),
+    "hopper": ("Hopper-v4", {}, -20.272305, 3234.3),
+    "walker2d": ("Walker2d-v4", {}, 1.629008, 4592.3),
+    "ant": ("Ant-v4", {"use_contact_forces": True}, -325.6, 3879.7),  # the v2 data has 111-d observations
+}
+SHIPPED_PREFIX = "shipped/"
+
+
+class DatasetError(Exception):
+    """Bad dataset input; main() turns it into one line on stderr and exit code 1."""
+
+
+@dataclass
+class OfflineData:
+    name: str
+    observations: torch.Tensor  # [N, obs_dim]
+    actions: torch.Tensor  # [N, act_dim]
+    rewards: torch.Tensor  # [N]
+    next_observations: torch.Tensor  # [N, obs_dim]
+    terminals: torch.Tensor  # [N] 1.0 where the MDP ended (no bootstrap); time-limit cuts are 0
+    episode_returns: np.ndarray  # return of every episode in the data: the behaviour policy's level
+    make_env: Callable[[], gym.Env]  # a fresh evaluation environment
+    ref_min_score: float  # reference returns of the normalised score (0 and 100)
+    ref_max_score: float
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
+        idx = torch.randint(0, len(self.rewards), (batch_size,), device=self.rewards.device)
+        return self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx], self.terminals[idx]
+
+
+def transitions_from_arrays(arrays: dict, source: str) -> dict:
+    """Turn D4RL-layout arrays into transitions that respect episode boundaries.
+
+    `terminals` end the MDP, `timeouts` only cut an episode. With `next_observations`
+    every step is kept. Without it, the next observation is the following row *of the
+    same episode*: the last step of an episode cut by a timeout (or by the end of the
+    data) has no successor and is dropped, unlike D4RL's own loader, which pairs it
+    with the first observation of the next episode (D4RL issue #145). A terminal step
+    is kept (its target does not bootstrap) with its own observation as a stand-in.
+    """
+    for key in ("observations", "actions", "rewards", "terminals"):
+        if key not in arrays:
+            raise DatasetError(f"{source} has no '{key}' array; a D4RL-layout file needs observations, actions, rewards, terminals and timeouts")
+    if "timeouts" not in arrays and "next_observations" not in arrays:
+        raise DatasetError(f"{source} has neither 'timeouts' nor 'next_observations', so episode ends cannot be told apart from time-limit cuts; add a 'timeouts' array")
+    arrays = {k: v for k, v in arrays.items() if np.ndim(v) > 0}  # scalar entries are metadata, not data
+    n = len(arrays["observations"])
+    for key, value in arrays.items():
+        if key in ("rewards", "terminals", "timeouts") and value.ndim > 1 and value.size != len(value):
+            raise DatasetError(f"{source}: '{key}' has shape {value.shape}; it must hold one value per step")
+        if len(value) != n:
+            raise DatasetError(f"{source}: '{key}' has {len(value)} rows but 'observations' has {n}; the file is inconsistent")
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            bad = int((~np.isfinite(value)).reshape(n, -1).any(1).sum()) if n else 0
+            raise DatasetError(f"{source}: '{key}' holds NaN or inf in {bad} rows; clean the data before training on it")
+    if n == 0:
+        raise DatasetError(f"{source} holds no transitions")
+    obs = arrays["observations"].astype(np.float32).reshape(n, -1)
+    actions = arrays["actions"].astype(np.float32).reshape(n, -1)
+    rewards = arrays["rewards"].astype(np.float32).reshape(n)
+    terminals = arrays["terminals"].astype(bool).reshape(n)
+    timeouts = arrays["timeouts"].astype(bool).reshape(n) if "timeouts" in arrays else np.zeros(n, dtype=bool)
+    ends = terminals | timeouts
+    ends[-1] = True  # the data may stop mid-episode
+    # episode returns: cumulative reward reset at every episode end
+    episode_id = np.concatenate([[0], np.cumsum(ends[:-1])])
+    episode_returns = np.bincount(episode_id, weights=rewards.astype(np.float64))
+    if not (terminals[-1] or timeouts[-1]) and len(episode_returns) > 1:
+        episode_returns = episode_returns[:-1]  # an unfinished last episode says little about the behaviour
+    if "next_observations" in arrays:
+        keep = np.ones(n, dtype=bool)
+        next_obs = arrays["next_observations"].astype(np.float32).reshape(n, -1)
+        if next_obs.shape[1] != obs.shape[1]:
+            raise DatasetError(f"{source}: 'next_observations' have dim {next_obs.shape[1]} but 'observations' have {obs.shape[1]}")
+    else:
+        keep = ~ends | terminals  # a cut step has no successor in its own episode
+        next_obs = np.concatenate([obs[1:], obs[-1:]])
+        next_obs[terminals] = obs[terminals]
+    if not keep.any():
+        raise DatasetError(f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no next_observations")
+    return dict(observations=obs[keep], actions=actions[keep], rewards=rewards[keep],
+                next_observations=next_obs[keep], terminals=terminals[keep].astype(np.float32),
+                episode_returns=episode_returns)
+
+
+def read_hdf5(path: str) -> tuple[dict, dict]:
+    """Arrays at the top level of a D4RL-layout hdf5 file, and the file's attributes."""
+    try:
+        with h5py.File(path, "r") as f:
+            arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except (OSError, KeyError, ValueError) as e:
+        raise DatasetError(f"{path} is not a readable HDF5 file ({e}); it may be truncated or corrupt: delete it and download or generate it again")
+    return arrays, attrs
+
+
+def download(url: str, path: str) -> None:
+    """Fetch `url` to `path` with a progress bar; a partial download never takes the final name."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(path + ".part", "wb") as f:
+            total = int(response.headers.get("Content-Length", 0)) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {os.path.basename(path)}") as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        received = os.path.getsize(path + ".part")
+        if total is not None and received != total:
+            raise OSError(f"the connection closed after {received} of {total} bytes")
+    except (OSError, urllib.error.URLError) as e:
+        if os.path.exists(path + ".part"):
+            os.remove(path + ".part")
+        raise DatasetError(f"could not download {url} ({e}); download it on a machine with network and put it at {path} (or point D4RL_DATASET_DIR at its folder)")
+    os.replace(path + ".part", path)
+
+
+def check_env(data: dict, make_env: Callable[[], gym.Env], source: str) -> None:
+    """The data must fit the evaluation environment's observation and action shapes."""
+    try:
+        env = make_env()
+    except Exception as e:
+        raise DatasetError(f"cannot make the evaluation environment of {source} ({type(e).__name__}: {e})")
+    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    env.close()
+    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
+        raise DatasetError(
+            f"{source} has observations of dim {data['observations'].shape[1]} and actions of dim {data['actions'].shape[1]}, "
+            f"but its environment has {obs_dim} and {act_dim}; the data belongs to another environment (or version)")
+
+
+def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, float]:
+    try:
+        import minari
+    except ImportError:
+        raise DatasetError(f"{dataset_id!r} looks like a Minari id but minari is not installed; pip install minari")
+    try:
+        dataset = minari.load_dataset(dataset_id, download=True)
+    except Exception as e:
+        raise DatasetError(f"cannot load Minari dataset {dataset_id!r} ({type(e).__name__}: {e}); check the id, or with no network "
+                           f"copy it into {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}")
+    columns = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    for episode in dataset.iterate_episodes():
+        if isinstance(episode.observations, dict):
+            raise DatasetError(f"{dataset_id} has dictionary observations; only flat Box observations are supported")
+        columns["observations"].append(episode.observations[:-1])
+        columns["next_observations"].append(episode.observations[1:])
+        columns["actions"].append(episode.actions)
+        columns["rewards"].append(episode.rewards)
+        columns["terminals"].append(episode.terminations)
+        columns["timeouts"].append(episode.truncations)
+    arrays = {k: np.concatenate(v) for k, v in columns.items()}
+    metadata = dataset.storage.metadata
+    ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if ref_min is None or ref_max is None:
+        print(f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr)
+        ref_min, ref_max = float("nan"), float("nan")
+    return arrays, lambda: dataset.recover_environment(eval_env=True), float(ref_min), float(ref_max)
+
+
+def shipped_path(name: str) -> str:
+    """Where a shipped dataset lives: $SHIPPED_DATASETS_DIR, else datasets/shipped/ of this project."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    folders = [os.environ.get("SHIPPED_DATASETS_DIR", ""), os.path.join(here, "..", "datasets", "shipped"), os.path.join("datasets", "shipped")]
+    for folder in filter(None, folders):
+        path = os.path.join(folder, name + ".hdf5")
+        if os.path.isfile(path):
+            return path
+    raise DatasetError(f"shipped dataset {name!r} not found in {[f for f in folders if f]}; run from the project root, "
+                       "set SHIPPED_DATASETS_DIR to the folder that holds it, or pass the .hdf5 path itself")
+
+
+def load_dataset(name: str, device: torch.device) -> OfflineData:
+    """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
+    if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
+        path = shipped_path(name[len(SHIPPED_PREFIX):]) if name.startswith(SHIPPED_PREFIX) else name
+        if not os.path.isfile(path):
+            raise DatasetError(f"dataset file {path!r} does not exist")
+        arrays, attrs = read_hdf5(path)
+        if "env_id" not in attrs:
+            raise DatasetError(f"{path} does not name its environment; set the file attribute env_id (and ref_min_score, ref_max_score)")
+        try:
+            env_id, env_kwargs = str(attrs["env_id"]), json.loads(attrs.get("env_kwargs", "{}"))
+            ref_min, ref_max = float(attrs.get("ref_min_score", np.nan)), float(attrs.get("ref_max_score", np.nan))
+        except (ValueError, TypeError) as e:
+            raise DatasetError(f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers")
+        make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
+    elif D4RL_NAME.match(name):
+        env_id, env_kwargs, ref_min, ref_max = D4RL_ENVS[name.split("-")[0]]
+        file_name = name.split("-", 1)[0] + "_" + name.split("-", 1)[1][: -len("-v2")].replace("-", "_") + "-v2.hdf5"
+        folder = os.environ.get("D4RL_DATASET_DIR", os.path.expanduser("~/.d4rl/datasets"))
+        path = os.path.join(folder, file_name)
+        if not os.path.isfile(path):
+            download(D4RL_URL.format(file_name), path)
+        arrays, _ = read_hdf5(path)
+        make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
+    elif name.count("/") >= 2:
+        arrays, make_env, ref_min, ref_max = load_minari(name)
+    else:
+        raise DatasetError(f"unknown dataset {name!r}: use a D4RL name (hopper-medium-replay-v2), a Minari id "
+                           "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)")
+    data = transitions_from_arrays(arrays, name)
+    check_env(data, make_env, name)
+    tensors = {k: torch.as_tensor(v, device=device) for k, v in data.items() if k != "episode_returns"}
+    return OfflineData(name=name, **tensors, episode_returns=data["episode_returns"], make_env=make_env,
+                       ref_min_score=ref_min, ref_max_score=ref_max)
+# ---- end shared: dataset ----
+
+
+# ---- shared: normalization ----
+def observation_stats(data: OfflineData, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the dataset's observations (eps keeps constant features finite)."""
+    return data.observations.mean(0), data.observations.std(0) + eps
+
+
+def normalize_observations(data: OfflineData, mean: torch.Tensor, std: torch.Tensor) -> None:
+    data.observations = (data.observations - mean) / std
+    data.next_observations = (data.next_observations - mean) / std
+# ---- end shared: normalization ----
+
+
+# ---- shared: evaluation ----
+@torch.no_grad()
+def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
+    """Return of `episodes` full episodes run side by side in a vectorised environment.
+
+    `act` maps a batch of raw observations to a batch of actions (deterministic policy).
+    Each sub-environment plays exactly one episode; later (auto-reset) steps are ignored.
+    """
+    envs = gym.vector.SyncVectorEnv([make_env for _ in range(episodes)])
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(episodes)
+    running = np.ones(episodes, dtype=bool)
+    while running.any():
+        obs, reward, terminated, truncated, _ = envs.step(act(obs))
+        returns += reward * running
+        running &= ~(terminated | truncated)
+    envs.close()
+    return returns
+
+
+def normalized_score(returns, ref_min: float, ref_max: float):
+    """D4RL's normalised score: 0 is the reference minimum (random), 100 the maximum (expert)."""
+    return 100.0 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+# ---- end shared: evaluation ----
+
+
+# ---- shared: offline_results ----
+def record_evaluation(run_dir: str, writer: SummaryWriter, history: list, step: int, returns: np.ndarray,
+                      data: OfflineData, algo: str, seed: int, train_time: float) -> None:
+    """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far."""
+    scores = normalized_score(returns, data.ref_min_score, data.ref_max_score)
+    history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std()),
+                    "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std())})
+    writer.add_scalar("eval/return", returns.mean(), step)
+    writer.add_scalar("eval/normalized_score", scores.mean(), step)
+    writer.add_scalar("charts/updates_per_second", step / max(train_time, 1e-9), step)
+    write_results(run_dir, {
+        "algo": algo, "dataset": data.name, "seed": seed, "evaluations": history,
+        "last_normalized_score": history[-1]["normalized_score"],
+        "best_normalized_score": max(h["normalized_score"] for h in history),
+        "last_return": history[-1]["return"], "best_return": max(h["return"] for h in history),
+        "behaviour_return": float(data.episode_returns.mean()),
+        "behaviour_normalized_score": float(normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)),
+        "train_time_s": train_time, "updates_per_second": step / max(train_time, 1e-9)})
+# ---- end shared: offline_results ----
+
+
+# ---- shared: ensemble_linear ----
+class EnsembleLinear(nn.Module):
+    """`members` independent linear layers evaluated as one batched matmul.
+
+    Input [members, batch, in] (or [batch, in], broadcast to every member), output
+    [members, batch, out]. Each member is initialised like nn.Linear.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, members: int):
+        super().__init__()
+        bound = 1.0 / np.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape), self.weight)
+        return torch.baddbmm(self.bias, x, self.weight)
+# ---- end shared: ensemble_linear ----
+
+
+def mlp(in_dim: int, hidden_dim: int, layers: int) -> list[nn.Module]:
+    """`layers` hidden Linear + ReLU layers of width `hidden_dim`."""
+    dims = [in_dim] + [hidden_dim] * layers
+    return [m for a, b in zip(dims[:-1], dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy (SAC's), rescaled to the action box; log σ depends on the state."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # rlkit's TanhGaussianPolicy, which the authors' code uses
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, layers: int, action_low: np.ndarray, action_high: np.ndarray):
+        super().__init__()
+        self.trunk = nn.Sequential(*mlp(obs_dim, hidden_dim, layers))
+        self.mean = nn.Linear(hidden_dim, act_dim)
+        self.log_std = nn.Linear(hidden_dim, act_dim)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-std of the Gaussian before the tanh, each [batch, act_dim]."""
+        h = self.trunk(obs)
+        return self.mean(h), self.log_std(h).clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        """tanh of the mean: the action that is evaluated."""
+        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+
+    def sample(self, mean: torch.Tensor, log_std: torch.Tensor, num: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised actions and their log-densities in the action box (tanh change of
+        variables, Appendix C of the SAC paper). With `num`, `num` actions per state: [batch, num, act_dim]."""
+        if num is not None:
+            mean, log_std = mean.unsqueeze(1).expand(-1, num, -1), log_std.unsqueeze(1).expand(-1, num, -1)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        gauss_logp = (-0.5 * eps**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        # log(1 - tanh(u)^2) in a stable form: 2 (log 2 - u - softplus(-2u))
+        squash = (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        log_prob = gauss_logp - squash - torch.log(self.action_scale).sum()
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob
+
+
+class DoubleCritic(nn.Module):
+    """The two Q-functions as one two-member ensemble: Q(s, a) has shape [2, batch]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, layers: int, members: int = 2):
+        super().__init__()
+        dims = [obs_dim + act_dim] + [hidden_dim] * layers
+        # in-place ReLU: the critic's activations are [2, batch x 31, 256]; not allocating a second copy saves ~3 %
+        hidden = [m for a, b in zip(dims[:-1], dims[1:]) for m in (EnsembleLinear(a, b, members), nn.ReLU(inplace=True))]
+        self.net = nn.Sequential(*hidden, EnsembleLinear(hidden_dim, 1, members))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
+
+    def many(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q(s, a_k) for K actions per state in one batched pass: obs [B, obs_dim], actions [B, K, act_dim] -> [2, B, K]."""
+        batch, k, act_dim = actions.shape
+        return self(obs.unsqueeze(1).expand(-1, k, -1).reshape(batch * k, -1), actions.reshape(batch * k, act_dim)).view(-1, batch, k)
+
+    def frozen(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q(s, a) of both members with the weights detached: the actor loss needs dQ/da,
+        not the critics' weight gradients."""
+        x = torch.cat([obs, action], -1)
+        x = x.expand(self.net[0].weight.shape[0], *x.shape)
+        for layer in self.net:
+            x = torch.baddbmm(layer.bias.detach(), x, layer.weight.detach()) if isinstance(layer, EnsembleLinear) else layer(x)
+        return x.squeeze(-1)
+
+
+def uniform_actions(low: torch.Tensor, high: torch.Tensor, batch: int, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`num` actions per state drawn uniformly from the box, and their log-density -Σ log(high - low)."""
+    actions = low + (high - low) * torch.rand(batch, num, low.shape[0], device=low.device)
+    return actions, (-torch.log(high - low).sum()).expand(batch, num)
+
+
+def cql_logsumexp(q_sampled: torch.Tensor, log_density: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The importance-sampled estimate of log Σ_a exp Q(s, a), as the authors' code computes it:
+    T log Σ_j exp((Q(s, a_j) - log μ_j(a_j | s)) / T) over the sampled actions a_j ~ μ_j (the last
+    dimension), each sample corrected by the density it was drawn from (the constant -log 3N omitted)."""
+    return temperature * torch.logsumexp((q_sampled - log_density) / temperature, dim=-1)
+
+
+def cql_penalty(q_data: torch.Tensor, q_sampled: torch.Tensor, log_density: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 4, CQL(H): E_s[log Σ_a exp Q(s, a)] - E_{s,a~data}[Q(s, a)] for each Q-function.
+
+    q_data [members, batch], q_sampled [members, batch, samples], log_density [batch, samples]; returns [members].
+    """
+    return cql_logsumexp(q_sampled, log_density, temperature).mean(-1) - q_data.mean(-1)
+
+
+def lagrange_losses(penalty: torch.Tensor, log_alpha_prime: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CQL(Lagrange): the critics' loss α' (penalty - τ) with α' = exp(log α') ≥ 0 held fixed, and
+    α''s own loss -α' (penalty - τ) with the penalty held fixed: a dual step that raises α' while
+    the penalty exceeds τ and lowers it below."""
+    alpha_prime = log_alpha_prime.exp().clamp(0.0, 1e6)
+    return alpha_prime.detach() * (penalty - threshold), -(alpha_prime * (penalty.detach() - threshold)).mean()
+
+
+def main():
+    args = parse_args(Args)
+    set_seed(args.seed)
+    device = pick_device(args.device, args.threads)
+    try:
+        data = load_dataset(args.dataset, device)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
+    obs_mean, obs_std = observation_stats(data) if args.normalize_observations else (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
+    normalize_observations(data, obs_mean, obs_std)
+    probe = data.make_env()
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.layers, probe.action_space.low, probe.action_space.high).to(device)
+    probe.close()
+    critic = DoubleCritic(obs_dim, act_dim, args.hidden_dim, args.layers).to(device)
+    critic_target = copy.deepcopy(critic).requires_grad_(False)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    target_entropy = -float(act_dim)
+    log_alpha = torch.zeros((), device=device, requires_grad=True)  # SAC's temperature, α = 1 at the start
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.actor_lr)
+    lagrange = args.lagrange_threshold > 0
+    log_alpha_prime = torch.zeros((), device=device, requires_grad=True)  # CQL(Lagrange)'s α' = 1 at the start
+    alpha_prime_opt = torch.optim.Adam([log_alpha_prime], lr=args.critic_lr)
+    low, high = actor.action_bias - actor.action_scale, actor.action_bias + actor.action_scale
+    n = args.num_sampled_actions
+
+    def update(batch):
+        obs, actions, rewards, next_obs, terminals = batch
+        alpha = log_alpha.exp().detach()
+        # SAC's actor and temperature losses (Q's weights frozen in the actor's loss; α is the value before
+        # this step's temperature update, which the authors' code applies first: a one-step lag)
+        mean, log_std = actor(obs)
+        pi, logp = actor.sample(mean, log_std)
+        actor_loss = (alpha * logp - critic.frozen(obs, pi).min(0).values).mean()
+        alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+
+        with torch.no_grad():
+            next_mean, next_log_std = actor(next_obs)
+            next_actions, next_logp = actor.sample(next_mean, next_log_std, n + 1)  # 1 for the target, n for the penalty
+            next_q = critic_target(next_obs, next_actions[:, 0]).min(0).values
+            if args.backup_entropy:
+                next_q = next_q - alpha * next_logp[:, 0]
+            target_q = rewards + args.gamma * (1.0 - terminals) * next_q
+            # the 3n actions of the log-sum-exp: uniform, π(·|s) and π(·|s'), all evaluated at s
+            random_actions, random_logp = uniform_actions(low, high, obs.shape[0], n)
+            pi_actions, pi_logp = actor.sample(mean.detach(), log_std.detach(), n)
+            sampled = torch.cat([random_actions, pi_actions, next_actions[:, 1:]], 1)
+            log_density = torch.cat([random_logp, pi_logp, next_logp[:, 1:]], 1)
+        # one batched pass of both Q-functions over the data's action and the 3n sampled ones
+        q_all = critic.many(obs, torch.cat([actions.unsqueeze(1), sampled], 1))  # [2, batch, 1 + 3n]
+        q_data = q_all[..., 0]
+        td_loss = ((q_data - target_q) ** 2).mean(-1)  # [2]
+        penalty = args.cql_alpha * cql_penalty(q_data, q_all[..., 1:], log_density, args.cql_temperature)  # [2]
+        if lagrange:
+            conservative_loss, alpha_prime_loss = lagrange_losses(penalty, log_alpha_prime, args.lagrange_threshold)
+        else:
+            conservative_loss, alpha_prime_loss = penalty, torch.zeros((), device=device)
+        critic_loss = (td_loss + conservative_loss).sum()
+
+        # the four losses share no parameters: one backward pass, then every optimiser steps
+        actor_opt.zero_grad(set_to_none=True)
+        critic_opt.zero_grad(set_to_none=True)
+        alpha_opt.zero_grad(set_to_none=True)
+        alpha_prime_opt.zero_grad(set_to_none=True)
+        (critic_loss + actor_loss + alpha_loss + alpha_prime_loss).backward()
+        critic_opt.step()
+        actor_opt.step()
+        alpha_opt.step()
+        if lagrange:
+            alpha_prime_opt.step()
+        with torch.no_grad():  # Polyak averaging of the target Q-functions
+            for p, tp in zip(critic.parameters(), critic_target.parameters()):
+                tp.lerp_(p, args.tau)
+        return (td_loss.sum().detach(), penalty.detach().mean(), actor_loss.detach(), alpha, -logp.detach().mean(),
+                q_data.detach().mean(), log_alpha_prime.detach().exp())
+
+    if args.compile:
+        update = torch.compile(update)
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs = (torch.as_tensor(obs, dtype=torch.float32, device=device) - obs_mean) / obs_std
+        return actor.deterministic(obs).cpu().numpy()
+
+    run_dir = make_run_dir(args, "cql", args.dataset)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    trained = {"actor": actor, "critic": critic, "critic_target": critic_target, "actor_opt": actor_opt,
+               "critic_opt": critic_opt, "alpha_opt": alpha_opt, "alpha_prime_opt": alpha_prime_opt}
+    step, history, train_time = 0, [], 0.0
+    if args.resume:
+        step, extra = load_checkpoint(checkpoint_path, trained)
+        history, train_time = extra["history"], extra["train_time"]
+        with torch.no_grad():
+            log_alpha.copy_(extra["log_alpha"])
+            log_alpha_prime.copy_(extra["log_alpha_prime"])
+    writer = make_writer(args, run_dir, step)
+
+    bar = tqdm(range(step + 1, args.num_updates + 1), desc="cql", mininterval=2)
+    tick = time.time()
+    for step in bar:
+        logs = update(data.sample(args.batch_size))
+
+        if step % args.log_every == 0:
+            names = ("td_loss", "cql_penalty", "actor_loss", "alpha", "entropy", "q_mean", "alpha_prime")
+            for name, x in zip(names, logs):
+                if name != "alpha_prime" or lagrange:
+                    writer.add_scalar(f"losses/{name}", x.item(), step)
+        if step % args.eval_every == 0 or step == args.num_updates:
+            train_time += time.time() - tick
+            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
+            record_evaluation(run_dir, writer, history, step, returns, data, "cql", args.seed, train_time)
+            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
+            tick = time.time()
+        if step % args.checkpoint_every == 0 or step == args.num_updates:
+            save_checkpoint(checkpoint_path, step, trained, {
+                "history": history, "train_time": train_time + time.time() - tick,
+                "log_alpha": log_alpha.detach().cpu(), "log_alpha_prime": log_alpha_prime.detach().cpu(),
+                "obs_mean": obs_mean.cpu(), "obs_std": obs_std.cpu()})
+
+    writer.close()
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    print(f"cql on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
+          f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run directory {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
