@@ -15,7 +15,7 @@ from conftest import ROOT
 from scripts import args_fields, script_names, tiny_args
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
-BUDGET = ["--num-updates", "3000", "--eval-every", "500", "--checkpoint-every", "500", "--log-every", "250"]
+BUDGET = ["--num-updates", "1500", "--eval-every", "300", "--checkpoint-every", "300", "--log-every", "150"]
 
 
 def command(name, runs_dir):
@@ -42,7 +42,7 @@ def test_kill_and_resume(name, tmp_path):
     run_dir = None
     while time.time() < deadline and process.poll() is None:
         run_dirs = glob.glob(str(tmp_path / "killed" / f"{name}__*"))
-        if run_dirs and checkpoint_step(run_dirs[0]) >= 1000:
+        if run_dirs and checkpoint_step(run_dirs[0]) >= 600:
             run_dir = run_dirs[0]
             process.send_signal(signal.SIGKILL)
             break
@@ -50,7 +50,7 @@ def test_kill_and_resume(name, tmp_path):
     process.wait()
     assert run_dir is not None, "the run finished (or timed out) before it could be killed"
     killed_at = checkpoint_step(run_dir)
-    assert killed_at < 3000
+    assert killed_at < 1500
 
     resumed = subprocess.run([sys.executable, os.path.join(ROOT, "algorithms", name + ".py"), "--resume", run_dir],
                              capture_output=True, text=True, env=ENV, timeout=600)
@@ -59,8 +59,7 @@ def test_kill_and_resume(name, tmp_path):
     (whole_dir,) = glob.glob(str(tmp_path / "whole" / f"{name}__*"))
     expected = json.load(open(os.path.join(whole_dir, "results.json")))
     got = json.load(open(os.path.join(run_dir, "results.json")))
-    strip = lambda history: [{k: v for k, v in h.items()} for h in history]  # noqa: E731
-    assert strip(got["evaluations"]) == strip(expected["evaluations"])
+    assert got["evaluations"] == expected["evaluations"]
     assert got["last_normalized_score"] == expected["last_normalized_score"]
     final_whole = torch.load(os.path.join(whole_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)["objects"]
     final_resumed = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)["objects"]
@@ -68,4 +67,5 @@ def test_kill_and_resume(name, tmp_path):
         if key.endswith("opt") or key == "optimizer":
             continue
         for param, value in state.items():
-            assert torch.equal(value, final_resumed[key][param]), f"{key}.{param} differs after resume"
+            same = torch.equal(value, final_resumed[key][param]) if torch.is_tensor(value) else value == final_resumed[key][param]
+            assert same, f"{key}.{param} differs after resume"
