@@ -22,6 +22,7 @@ Example:
 """
 
 import copy
+import fcntl
 import hashlib
 import json
 import os
@@ -711,6 +712,14 @@ def load_or_train_dynamics(data: OfflineData, settings: dict, seed: int, cache_d
     path = path or os.path.join(cache_dir, f"{safe}__seed{seed}__{key}.pt")
     model_args = {k: settings[k] for k in ("members", "elites", "hidden_dim", "hidden_layers")}
     model = EnsembleDynamics(data.observations.shape[1], data.actions.shape[1], **model_args).to(device)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "w") as lock:  # two runs that need the same ensemble train it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _load_or_train(model, data, settings, fingerprint, seed, path, device)
+
+
+def _load_or_train(model: EnsembleDynamics, data: OfflineData, settings: dict, fingerprint: dict, seed: int,
+                   path: str, device: torch.device) -> EnsembleDynamics:
     if os.path.isfile(path):
         saved = torch.load(path, map_location=device, weights_only=False)
         if saved["fingerprint"] != fingerprint:
@@ -728,7 +737,6 @@ def load_or_train_dynamics(data: OfflineData, settings: dict, seed: int, cache_d
         log = train_dynamics(model, data, batch_size=settings["batch_size"], lr=settings["lr"], holdout_size=settings["holdout_size"],
                              patience=settings["patience"], max_epochs=settings["max_epochs"])
     log["train_time_s"] = time.time() - start
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "log": log}, path + ".tmp")
     os.replace(path + ".tmp", path)
     print(f"dynamics: trained {log['epochs']} epochs in {log['train_time_s']:.0f} s, saved to {path}")

@@ -3,6 +3,8 @@ termination functions, and the train-once cache. The blocks are identical in eve
 model-based script (tests/test_blocks.py), so testing mopo.py's copy covers them all."""
 
 import os
+import threading
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -163,7 +165,7 @@ def test_cache_hit_miss_and_mismatch(tmp_path, monkeypatch, capsys):
         mopo.EnsembleDynamics(3, 1, hidden_layers=2, weight_decays=(1.0,))
     SMALL_WD = dict(SMALL)
     first = mopo.load_or_train_dynamics(data, SMALL_WD, 0, str(tmp_path), None, torch.device("cpu"))
-    files = os.listdir(tmp_path)
+    files = [f for f in os.listdir(tmp_path) if not f.endswith(".lock")]  # the lock that makes concurrent runs train once
     assert len(files) == 1 and "trained" in capsys.readouterr().out
     # hit: the same data, settings and seed load the file without training
     monkeypatch.setattr(mopo, "train_dynamics", lambda *a, **k: pytest.fail("trained although the cache matched"))
@@ -179,6 +181,33 @@ def test_cache_hit_miss_and_mismatch(tmp_path, monkeypatch, capsys):
         assert "trained with other" in str(exit_info.value)
     with pytest.raises(SystemExit, match="does not exist"):
         mopo.load_or_train_dynamics(data, SMALL_WD, 0, str(tmp_path), str(tmp_path / "missing.pt"), torch.device("cpu"))
+
+
+def test_two_runs_that_need_the_same_ensemble_train_it_once(tmp_path, monkeypatch):
+    """Two runs started together (a sweep's MOPO and MOReL cells) share one training: the second
+    waits on the lock and then loads the file the first wrote."""
+    data = pendulum_data(500)
+    real_train, calls = mopo.train_dynamics, []
+
+    def slow_train(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.5)  # long enough for the other thread to reach the lock
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(mopo, "train_dynamics", slow_train)
+    models = [None, None]
+
+    def run(i):
+        models[i] = mopo.load_or_train_dynamics(data, dict(SMALL), 0, str(tmp_path), None, torch.device("cpu"))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_rollouts_stay_finite_and_stop_at_terminations():

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The CPU-scale benchmark: every offline algorithm on the two shipped Pendulum datasets,
+# 3 seeds, 10,000 updates each, with the settings of benchmarks/cpu/configs/. About two hours
+# on a 2-core CPU (two cells at a time, one thread each). From the project root:
+#     bash benchmarks/cpu/run.sh            # runs into runs/cpu, report into benchmarks/results/cpu
+# Run it again after an interruption: finished cells are skipped, unfinished ones resumed.
+set -euo pipefail
+python=${PYTHON:-python}
+runs=${RUNS_DIR:-runs/cpu}
+out=${OUT_DIR:-benchmarks/results/cpu}
+algos="cql mopo morel mbpo sac_n awac iql edac td3_bc rebrac bc"
+datasets="shipped/pendulum-medium-replay shipped/pendulum-medium"
+start=$(date +%s)
+"$python" benchmarks/run.py --algos $algos --datasets $datasets --seeds 0 1 2 \
+    --configs-dir benchmarks/cpu/configs --runs-dir "$runs" --workers 2 --threads 1 --device cpu
+minutes=$(( ($(date +%s) - start) / 60 ))
+"$python" benchmarks/report.py "$runs" --out "$out" --algos bc td3_bc iql awac cql sac_n edac rebrac mopo morel mbpo --datasets $datasets
+mkdir -p "$out"
+{
+    echo "# How these tables were made"
+    echo
+    echo "- Command: \`bash benchmarks/cpu/run.sh\` (settings: \`benchmarks/cpu/configs/\`), last call took $minutes min"
+    echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "- Date: $(date -u +%Y-%m-%d)"
+    echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; two cells at a time, one thread each"
+    echo "- torch $("$python" -c 'import torch; print(torch.__version__)'), Python $("$python" -c 'import platform; print(platform.python_version())')"
+} > "$out/MACHINE.md"
+echo "report: $out/report.md"
