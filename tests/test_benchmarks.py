@@ -195,3 +195,25 @@ def test_published_scores_file():
         for scores in source["scores"].values():
             for mean, std in scores.values():
                 assert isinstance(mean, float) and (std is None or isinstance(std, float))
+
+
+@pytest.mark.parametrize("folder", ["benchmarks/configs", "benchmarks/cpu/configs"])
+def test_every_config_names_its_dataset_and_only_fields_the_script_has(folder):
+    """A typo in a config key would make its script exit (pyrallis refuses unknown keys) only when
+    the sweep reaches that cell; this finds it now. benchmarks/configs/check.sh goes further (it
+    parses each file with its script) but takes minutes."""
+    run = load_script(RUN)
+    root = os.path.join(ROOT, folder)
+    files = sorted(glob.glob(os.path.join(root, "*", "**", "*.yaml"), recursive=True))
+    algos = {os.path.relpath(f, root).split(os.sep)[0] for f in files}
+    if folder == "benchmarks/cpu/configs":  # the CPU benchmark covers every offline script
+        assert algos == set(run.offline_algorithms())
+    for algo in algos:
+        assert os.path.isfile(os.path.join(ROOT, "algorithms", f"{algo}.py")), f"{folder}/{algo}: no such script"
+    for path in files:
+        algo, *rest = os.path.relpath(path, root).split(os.sep)
+        fields = run.script_fields(algo)
+        config = yaml.safe_load(open(path))
+        assert config["dataset"] == "/".join(rest)[: -len(".yaml")], path
+        unknown = set(config) - set(fields)
+        assert not unknown, f"{path}: {sorted(unknown)} are not fields of algorithms/{algo}.py"
