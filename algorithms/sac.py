@@ -19,6 +19,7 @@ Example:
     python algorithms/sac.py --env-id Hopper-v4 --total-timesteps 300000
 """
 
+import ctypes
 import json
 import os
 import random
@@ -143,7 +144,25 @@ def pick_device(name: str, threads: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if name == "cpu":
+        keep_freed_memory()
     return torch.device(name)
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse instead of handing it back to the system.
+
+    PyTorch's CPU tensors come straight from malloc, and glibc by default maps every block
+    over 128 KB fresh and unmaps it when freed, so each update pays page faults for all of
+    its activations. Measured here (2 threads): a dynamics-ensemble training step 13.0 ->
+    10.8 ms, a TD3+BC update 3 % faster. A no-op where libc is not glibc (macOS, musl).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks up to 32 MB come from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of free heap
+    except (OSError, AttributeError):
+        pass
 
 
 def make_run_dir(args, algo: str, dataset: str) -> str:
@@ -357,13 +376,13 @@ def main():
     critic_target = DoubleCritic(obs_dim, act_dim, args.hidden_dim).to(device)
     critic_target.load_state_dict(critic.state_dict())
     critic_target.requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
     target_entropy = -float(act_dim)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
     if not args.autotune:
         log_alpha.data.fill_(np.log(args.alpha))
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
     buffer = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
 
     def update(obs, actions, rewards, next_obs, terminals):

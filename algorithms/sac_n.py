@@ -16,6 +16,7 @@ Example:
 """
 
 import copy
+import ctypes
 import json
 import os
 import random
@@ -143,7 +144,25 @@ def pick_device(name: str, threads: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if name == "cpu":
+        keep_freed_memory()
     return torch.device(name)
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse instead of handing it back to the system.
+
+    PyTorch's CPU tensors come straight from malloc, and glibc by default maps every block
+    over 128 KB fresh and unmaps it when freed, so each update pays page faults for all of
+    its activations. Measured here (2 threads): a dynamics-ensemble training step 13.0 ->
+    10.8 ms, a TD3+BC update 3 % faster. A no-op where libc is not glibc (macOS, musl).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks up to 32 MB come from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of free heap
+    except (OSError, AttributeError):
+        pass
 
 
 def make_run_dir(args, algo: str, dataset: str) -> str:
@@ -617,9 +636,9 @@ def main():
     critic_target = copy.deepcopy(critic).requires_grad_(False)
     log_alpha = torch.zeros((), device=device, requires_grad=True)  # α = 1 at the start
     target_entropy = -float(act_dim)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
 
     def update(batch):
         # actor and temperature first, then the critics, the order of the paper's code; one policy

@@ -50,6 +50,27 @@ def test_ensemble_fits_pendulum():
     assert (elite_mse / variance < 0.05).all(), elite_mse / variance
 
 
+def test_optimizer_weight_decay_is_the_per_layer_l2_term():
+    """One Adam step with the model's parameter groups equals one step on the loss plus
+    ½·wd·‖W‖² per layer (the decay of the paper's code): each layer its own wd, biases and
+    log-variance bounds undecayed."""
+    torch.manual_seed(0)
+    obs, act, targets = torch.randn(4, 16, 3), torch.randn(4, 16, 1), torch.randn(4, 16, 4)
+    decays = (0.5, 2.0, 4.0)
+    models = [mopo.EnsembleDynamics(3, 1, members=4, elites=2, hidden_dim=8, hidden_layers=2, weight_decays=decays) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    grouped = torch.optim.Adam(models[0].optimizer_groups(), lr=0.1)
+    plain = torch.optim.Adam(models[1].parameters(), lr=0.1)
+    models[0].loss(obs, act, targets).backward()
+    l2 = sum(wd * 0.5 * (layer.weight ** 2).sum() for wd, layer in zip(decays, models[1].layers))
+    (models[1].loss(obs, act, targets) + l2).backward()
+    grouped.step()
+    plain.step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert sum(len(g["params"]) for g in models[0].optimizer_groups()) == len(list(models[0].parameters()))
+
+
 def test_elites_are_best_members_restored_to_snapshots():
     data = pendulum_data(3000)
     model = mopo.EnsembleDynamics(3, 1, members=4, elites=2, hidden_dim=32, hidden_layers=2, weight_decays=(0, 0, 0))
