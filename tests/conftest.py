@@ -27,3 +27,10 @@ def load_script(name: str):
 @pytest.fixture(scope="session")
 def root():
     return ROOT
+
+
+def print_scores(label: str, results: dict) -> None:
+    """The normalised-score curve of a learning check; `pytest -m learning -rP` shows it, which is
+    how the runs quoted in the tests' docstrings are re-made after a change."""
+    curve = ", ".join(f"{e['normalized_score']:.1f}" for e in results["evaluations"])
+    print(f"{label}: normalised score at each evaluation: {curve} (behaviour data {results['behaviour_normalized_score']:.1f})")

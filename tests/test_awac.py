@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_script
+from conftest import ROOT, load_script, print_scores
 
 m = load_script("awac")
 
@@ -102,4 +102,5 @@ def test_learns(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     (results,) = glob.glob(str(tmp_path / "awac__*" / "results.json"))
     results = json.load(open(results))
+    print_scores("awac", results)
     assert results["best_normalized_score"] > 20.0, results["evaluations"]

@@ -5,7 +5,10 @@ import shutil
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+import torch
+
+from conftest import ROOT, load_script
 from scripts import args_fields, script_names
 
 
@@ -41,3 +44,25 @@ def test_check_detects_and_sync_repairs(tmp_path):
     assert repaired.returncode == 0 and "td3_bc.py" in repaired.stdout
     assert run_tool("--check", cwd=tmp_path).returncode == 0
     assert target.read_text() == text
+
+
+@pytest.mark.parametrize("out_dim", [1, 5])
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_ensemble_linear_is_a_matmul_per_member(out_dim, shared_input):
+    """The ensemble_linear block against one torch.nn.functional.linear per member, values and
+    gradients, for a one-column head and a wider layer, with a shared or a per-member input."""
+    m = load_script(os.path.join(ROOT, "algorithms", "td3_bc.py"))
+    torch.manual_seed(0)
+    layer = m.EnsembleLinear(7, out_dim, members=3)
+    x = torch.randn(11, 7) if shared_input else torch.randn(3, 11, 7)
+    x.requires_grad_(True)
+    y = layer(x)
+    assert y.shape == (3, 11, out_dim)
+    xs = [x] * 3 if shared_input else list(x)
+    expected = torch.stack([torch.nn.functional.linear(xs[i], layer.weight[i].T, layer.bias[i, 0]) for i in range(3)])
+    assert torch.allclose(y, expected, atol=1e-5)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, layer.weight, layer.bias), g)
+    want = torch.autograd.grad(expected, (x, layer.weight, layer.bias), g)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_script
+from conftest import ROOT, load_script, print_scores
 
 m = load_script("cql")
 
@@ -155,4 +155,5 @@ def test_learns(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     (results,) = glob.glob(str(tmp_path / "cql__*" / "results.json"))
     results = json.load(open(results))
+    print_scores("cql", results)
     assert results["best_normalized_score"] > 15.0, results["evaluations"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import ROOT, SHIPPED, load_script
+from conftest import ROOT, SHIPPED, load_script, print_scores
 
 m = load_script("edac")
 
@@ -112,4 +112,5 @@ def test_learns(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (path,) = glob.glob(str(tmp_path / "edac__*" / "results.json"))
     results = json.load(open(path))
+    print_scores("edac", results)
     assert results["best_normalized_score"] > 50, results["evaluations"]

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, print_scores
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
 
@@ -38,6 +38,8 @@ def test_td3_bc_beats_bc_and_the_data(tmp_path):
     budget = ["--dataset", "shipped/hopper-medium-replay", "--num-updates", "10000", "--eval-every", "2500"]
     td3_bc = train("td3_bc", tmp_path, *budget)
     bc = train("bc", tmp_path, *budget)
+    print_scores("td3_bc", td3_bc)
+    print_scores("bc", bc)
     assert td3_bc["best_normalized_score"] > 16.0, td3_bc["evaluations"]
     assert td3_bc["best_normalized_score"] > bc["best_normalized_score"] + 2.0, (td3_bc["evaluations"], bc["evaluations"])
     assert td3_bc["best_normalized_score"] > td3_bc["behaviour_normalized_score"] + 4.0
@@ -62,6 +64,7 @@ def test_mopo_beats_the_data(tmp_path, dynamics_cache):
     1k/2k/3k/4k/5k updates: -22.5, -4.5, 11.6, 35.7, 33.0. Threshold 20 on the best.
     """
     results = train("mopo", tmp_path, *MODEL_BASED_BUDGET, "--dynamics-cache-dir", dynamics_cache)
+    print_scores("mopo", results)
     assert results["best_normalized_score"] > 20.0, results["evaluations"]
     assert results["best_normalized_score"] > results["behaviour_normalized_score"] + 15.0
 
@@ -75,5 +78,6 @@ def test_morel_beats_the_data(tmp_path, dynamics_cache):
     slowly than MOPO here, as HALT ends many short rollouts of a policy still far from the data.
     """
     results = train("morel", tmp_path, *MODEL_BASED_BUDGET, "--dynamics-cache-dir", dynamics_cache)
+    print_scores("morel", results)
     assert results["best_normalized_score"] > 8.0, results["evaluations"]
     assert results["best_normalized_score"] > results["behaviour_normalized_score"] + 5.0

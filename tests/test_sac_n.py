@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import ROOT, SHIPPED, load_script
+from conftest import ROOT, SHIPPED, load_script, print_scores
 
 m = load_script("sac_n")
 
@@ -115,4 +115,5 @@ def test_learns(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (path,) = glob.glob(str(tmp_path / "sac_n__*" / "results.json"))
     results = json.load(open(path))
+    print_scores("sac_n", results)
     assert results["best_normalized_score"] > 60, results["evaluations"]
