@@ -217,3 +217,22 @@ def test_every_config_names_its_dataset_and_only_fields_the_script_has(folder):
         assert config["dataset"] == "/".join(rest)[: -len(".yaml")], path
         unknown = set(config) - set(fields)
         assert not unknown, f"{path}: {sorted(unknown)} are not fields of algorithms/{algo}.py"
+
+
+def test_speed_table(tmp_path):
+    """benchmarks/speed.py times the scripts as subprocesses and writes the table, with the reference
+    column where a reference exists. (The model-based phases take ~30 s and are left to the benchmark.)"""
+    out = tmp_path / "speed.md"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "speed.py"), "--algos", "bc", "td3_bc", "--updates", "30",
+                           "--threads", "1", "--device", "cpu", "--no-phases", "--out", str(out)],
+                          capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in out.read_text().splitlines()
+            if line.startswith("| bc ") or line.startswith("| td3_bc ")}
+    assert set(rows) == {"bc", "td3_bc"}
+    for name, cells in rows.items():
+        assert float(cells[0]) > 0 and float(cells[1]) > 0 and cells[3].endswith("%")
+    assert rows["td3_bc"][4] == "250" and rows["td3_bc"][5].endswith("x") and rows["bc"][4] == "—"
+    speed = load_script(os.path.join(ROOT, "benchmarks", "speed.py"))
+    # one 2x256 MLP on hopper shapes, by hand: 256 rows x (11*256 + 256*256 + 256*3) multiply-adds
+    assert speed.mlp_macs([11, 256, 256, 3], 256) == 256 * (11 * 256 + 256 * 256 + 256 * 3)
