@@ -126,8 +126,8 @@ def mean_std(values: list[float]) -> str:
 
 
 def score_table(groups: dict, datasets: list[str], algos: list[str], sources: dict) -> list[str]:
-    lines = ["| dataset | behaviour data | algorithm | seeds | updates | last | best | published (source) |",
-             "|---|---:|---|---:|---:|---:|---:|---|"]
+    lines = ["| dataset | behaviour data | algorithm | seeds | updates | last | best | published (source) | minutes / run |",
+             "|---|---:|---|---:|---:|---:|---:|---|---:|"]
     for dataset in datasets:
         behaviour = [r.get("behaviour_normalized_score", math.nan) for algo in algos for r in groups.get((dataset, algo), [])]
         behaviour = f"{np.mean(behaviour):.1f}" if behaviour and np.isfinite(behaviour).all() else DASH
@@ -138,9 +138,11 @@ def score_table(groups: dict, datasets: list[str], algos: list[str], sources: di
             steps = sorted({r["last_step"] for r in runs})
             updates = str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
             published = "<br>".join(published_for(sources, algo, dataset)) or DASH
+            times = [r.get("train_time_s", math.nan) for r in runs]  # training only, evaluations excluded
+            minutes = f"{np.mean(times) / 60:.1f}" if np.isfinite(times).all() else DASH
             lines.append(f"| {dataset} | {behaviour} | {algo} | {len(runs)} | {updates} | "
                          f"{mean_std([r['last_normalized_score'] for r in runs])} | "
-                         f"{mean_std([r['best_normalized_score'] for r in runs])} | {published} |")
+                         f"{mean_std([r['best_normalized_score'] for r in runs])} | {published} | {minutes} |")
     return lines
 
 
