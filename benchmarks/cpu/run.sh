@@ -4,6 +4,7 @@
 # on a 2-core CPU (two cells at a time, one thread each). From the project root:
 #     bash benchmarks/cpu/run.sh            # runs into runs/cpu, report into benchmarks/results/cpu
 # Run it again after an interruption: finished cells are skipped, unfinished ones resumed.
+# Arguments go to benchmarks/run.py (e.g. --dry-run to list the cells and their commands).
 set -euo pipefail
 python=${PYTHON:-python}
 runs=${RUNS_DIR:-runs/cpu}
@@ -12,7 +13,8 @@ algos="cql mopo morel mbpo sac_n awac iql edac td3_bc rebrac bc"
 datasets="shipped/pendulum-medium-replay shipped/pendulum-medium"
 start=$(date +%s)
 "$python" benchmarks/run.py --algos $algos --datasets $datasets --seeds 0 1 2 \
-    --configs-dir benchmarks/cpu/configs --runs-dir "$runs" --workers 2 --threads 1 --device cpu
+    --configs-dir benchmarks/cpu/configs --runs-dir "$runs" --workers 2 --threads 1 --device cpu "$@"
+[[ " $* " == *" --dry-run "* ]] && exit 0
 minutes=$(( ($(date +%s) - start) / 60 ))
 "$python" benchmarks/report.py "$runs" --out "$out" --algos bc td3_bc iql awac cql sac_n edac rebrac mopo morel mbpo --datasets $datasets
 mkdir -p "$out"
