@@ -261,6 +261,8 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
     spec = importlib.util.spec_from_file_location("mopo_speed", ALGORITHMS / "mopo.py")
     mopo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mopo)
+    if device.type == "cpu":
+        mopo.keep_freed_memory()  # as the scripts' pick_device does
     torch.manual_seed(0)
     data = mopo.load_dataset(str(dataset), device)
     members, hidden_dyn, out = 7, 200, 2 * (OBS_DIM + 1)
