@@ -11,14 +11,21 @@ throughput (2048x2048 @ 2048x2048, same thread count and device) and counts, per
 algorithm, the multiply-adds of one update from the network shapes. Achieved GFLOP/s
 over that peak says how much of the hardware the small 256-wide MLPs actually use.
 
+A tighter yardstick is the matmul-only bound: the matrix products of one real update,
+recorded at the dispatcher (forward and backward) and replayed alone. "% of bound" is the
+share of an update that is the arithmetic it cannot avoid; the rest is activations, losses,
+the optimiser, sampling and Python.
+
 Example (from the project root):
     python benchmarks/speed.py
     OMP_NUM_THREADS=1 python benchmarks/speed.py --algos bc td3_bc --updates 500 --threads 1 --out /tmp/speed.md
 """
 
 import argparse
+import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -28,10 +35,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import h5py
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 PROJECT = Path(__file__).resolve().parent.parent
 ALGORITHMS = PROJECT / "algorithms"
@@ -283,7 +292,19 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
     model = mopo.EnsembleDynamics(OBS_DIM, ACT_DIM).to(device)
     seconds = timed(lambda: mopo.train_dynamics(model, data, holdout_size=1000, max_epochs=1))
     trained = NUM_TRANSITIONS - 1000
-    rows.append({"phase": "dynamics training, one epoch", "seconds": seconds,
+    bound = None
+    if device.type == "cpu":  # the products of a few minibatch steps, scaled to the epoch's minibatches
+        optimizer = torch.optim.Adam(model.optimizer_groups(), lr=1e-3, fused=True)
+        idx = torch.randint(0, NUM_TRANSITIONS, (members, 256))
+        targets = torch.cat([data.next_observations - data.observations, data.rewards[:, None]], -1)
+        with MatmulRecorder() as recorder:
+            for _ in range(4):
+                loss = model.loss(data.observations[idx], data.actions[idx], targets[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        bound = replay_seconds(recorder.calls) / 4 * math.ceil(trained / 256)
+    rows.append({"phase": "dynamics training, one epoch", "seconds": seconds, "bound": bound,
                  "gflop": 2 * 3 * members * trained * per_sample / 1e9, "reference": "9.9 s (OfflineRL-Kit)"})
 
     agent = mopo.SAC(OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM)).to(device)
@@ -291,7 +312,12 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
     never = lambda next_obs: torch.zeros(len(next_obs), dtype=torch.bool, device=next_obs.device)  # noqa: E731
     mopo.rollout(model, agent.actor, start[:1000], 5, never, 1.0, "aleatoric")  # warm-up
     seconds = timed(lambda: mopo.rollout(model, agent.actor, start, 5, never, 1.0, "aleatoric"))
-    rows.append({"phase": "rollout, 50,000 starts x 5 steps", "seconds": seconds,
+    bound = None
+    if device.type == "cpu":  # a tenth of the starts (the recorder keeps every product's operands alive), x 10
+        with MatmulRecorder() as recorder:
+            mopo.rollout(model, agent.actor, start[:5000], 5, never, 1.0, "aleatoric")
+        bound = 10 * replay_seconds(recorder.calls)
+    rows.append({"phase": "rollout, 50,000 starts x 5 steps", "seconds": seconds, "bound": bound,
                  "gflop": 2 * 50_000 * 5 * (5 * per_sample + actor_macs) / 1e9, "reference": "8.5 s (OfflineRL-Kit)"})  # the 5 elites
 
     buffer = mopo.ReplayBuffer(100_000, OBS_DIM, ACT_DIM, device)
@@ -306,10 +332,85 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
     updates(50)
     n = 500
     seconds = timed(lambda: updates(n)) / n
+    bound = None
+    if device.type == "cpu":
+        with MatmulRecorder() as recorder:
+            updates(4)
+        bound = replay_seconds(recorder.calls) / 4
     sac_macs = 256 * (actor_macs + critic_macs + 3 * critic_macs + 3 * actor_macs + 2 * critic_macs)
-    rows.append({"phase": "SAC update, mixed batch of 256", "seconds": seconds, "gflop": 2 * sac_macs / 1e9,
+    rows.append({"phase": "SAC update, mixed batch of 256", "seconds": seconds, "bound": bound, "gflop": 2 * sac_macs / 1e9,
                  "reference": "7.4 ms (OfflineRL-Kit)"})
     return rows
+
+
+# ---------------------------------------------------------------- matmul-only bound
+# How fast could an update be at all? Record every matrix product the real update issues
+# (forward and backward, at the dispatcher, so autograd's products are included), then replay
+# those products alone, same shapes and strides, on the same threads: no activations, no loss,
+# no optimiser, no sampling. No implementation of the same arithmetic in float32 with this BLAS
+# can beat that time, so "% of bound" says how much of an update is overhead.
+MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default}
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Keeps (op, args, kwargs) of every matrix product run while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in MATMULS:
+            self.calls.append((func, args, kwargs))  # references: values change later, shapes do not
+        return func(*args, **kwargs)
+
+
+def replay_seconds(calls: list, repeats: int = 5) -> float:
+    """Best time of running the recorded products alone (after a warm-up pass)."""
+    for func, args, kwargs in calls:
+        func(*args, **kwargs)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for func, args, kwargs in calls:
+            func(*args, **kwargs)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def script_matmul_bound(script: Path, dataset: Path, threads: int, updates: int = 4) -> float:
+    """Updates/s if an update of `script` were its matrix products and nothing else (CPU only).
+
+    Runs the script's own main() in this process for `updates` updates under the recorder, with
+    its evaluation stubbed out (evaluation is not part of an update)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script.stem + "_bound", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.evaluate = lambda *args, **kwargs: np.zeros(1)
+    argv = sys.argv
+    sys.argv = [str(script), "--dataset", str(dataset), "--num-updates", str(updates), "--eval-every", str(10 * updates),
+                "--checkpoint-every", str(10 * updates), "--batch-size", "256", "--threads", str(threads), "--device", "cpu",
+                "--runs-dir", tempfile.mkdtemp(prefix="bound_")]
+    try:
+        with contextlib.redirect_stdout(sys.stderr), MatmulRecorder() as recorder:
+            module.main()
+    finally:
+        sys.argv = argv
+    return updates / replay_seconds(recorder.calls)
+
+
+def matmul_bound_in_child(name: str, script: Path, dataset: Path, threads: int) -> Optional[float]:
+    """script_matmul_bound in a fresh process (the script sets threads and malloc options for itself)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, __file__, "--bound-of", str(script), "--bound-dataset", str(dataset), "--threads", str(threads)],
+                          cwd=PROJECT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  matmul bound of {name} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)
+        return None
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- report
@@ -340,22 +441,29 @@ def report(rows: list[dict], peak: float, threads: int, device: torch.device, up
         "- reference: a well-known single-file implementation of the same algorithm, measured on this",
         "  2-core CPU at 2 threads on synthetic hopper-sized data (the figures the project's issues quote)",
         "",
-        "| script | updates/s | GFLOP / update | achieved GFLOP/s | % of matmul peak | reference updates/s | speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "- matmul-only bound: updates/s if an update were its matrix products alone (recorded from the",
+        "  real update and replayed with nothing else, see `script_matmul_bound`); no float32",
+        "  implementation of the same arithmetic with this BLAS can be faster. n/a: model-based",
+        "  scripts (their phases are bounded below) and GPUs.",
+        "",
+        "| script | updates/s | GFLOP / update | achieved GFLOP/s | % of matmul peak | matmul-only bound | % of bound | reference updates/s | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if "error" in row:
             error = row["error"].replace("|", "\\|")  # keep the table intact
-            lines.append(f"| {row['name']} | failed: {error} | | | | | |")
+            lines.append(f"| {row['name']} | failed: {error} | | | | | | | |")
             continue
         ups = row["updates_per_second"]
         reference = REFERENCE_UPDATES_PER_SECOND.get(row["name"])
         versus = f"| {reference} | {ups / reference:.2f}x |" if reference else "| — | — |"
+        bound = row.get("bound")
+        bounded = f"| {bound:.1f} | {100 * ups / bound:.0f} % " if bound else "| n/a | n/a "
         if row["gflop"] is None:
-            lines.append(f"| {row['name']} | {ups:.1f} | n/a | n/a | n/a {versus}")
+            lines.append(f"| {row['name']} | {ups:.1f} | n/a | n/a | n/a {bounded}{versus}")
             continue
         achieved = ups * row["gflop"]
-        lines.append(f"| {row['name']} | {ups:.1f} | {row['gflop']:.4f} | {achieved:.2f} | {100 * achieved / peak:.1f} % {versus}")
+        lines.append(f"| {row['name']} | {ups:.1f} | {row['gflop']:.4f} | {achieved:.2f} | {100 * achieved / peak:.1f} % {bounded}{versus}")
     return "\n".join(lines) + "\n"
 
 
@@ -367,8 +475,15 @@ def main():
     parser.add_argument("--threads", type=int, default=default_threads, help=f"torch CPU threads (default: all cores, {default_threads})")
     parser.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu" or "cuda" (default: auto)')
     parser.add_argument("--no-phases", action="store_true", help="skip the model-based phase timings")
+    parser.add_argument("--no-bound", action="store_true", help="skip the matmul-only bounds")
     parser.add_argument("--out", default=str(PROJECT / "benchmarks" / "results" / "speed.md"), help="markdown file to write")
+    parser.add_argument("--bound-of", help=argparse.SUPPRESS)  # internal: one script's bound, in a child process
+    parser.add_argument("--bound-dataset", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bound_of:
+        torch.set_num_threads(args.threads)
+        print(script_matmul_bound(Path(args.bound_of), Path(args.bound_dataset), args.threads))
+        return
     if args.updates < 1 or args.threads < 1:
         sys.exit("error: --updates and --threads must be positive")
 
@@ -398,7 +513,10 @@ def main():
                 continue
             counter = MACS_PER_UPDATE.get(name)
             gflop = 2 * counter(OBS_DIM, ACT_DIM, HIDDEN, 256) / 1e9 if counter else None
-            rows.append({"name": name, "updates_per_second": result["updates_per_second"], "gflop": gflop})
+            bound = None
+            if device.type == "cpu" and counter and not args.no_bound:
+                bound = matmul_bound_in_child(name, script, dataset, args.threads)
+            rows.append({"name": name, "updates_per_second": result["updates_per_second"], "gflop": gflop, "bound": bound})
         phases = []
         if not args.no_phases:
             print("timing the model-based phases ...", file=sys.stderr)
@@ -407,12 +525,14 @@ def main():
     text = report(rows, peak, args.threads, device, args.updates, command)
     if phases:
         text += ("\n## Model-based phases (the shared blocks of mopo.py, morel.py, mbpo.py)\n\n"
-                 "| phase | time | GFLOP | achieved GFLOP/s | % of matmul peak | reference (2 threads, this CPU) |\n"
-                 "|---|---:|---:|---:|---:|---|\n")
+                 "| phase | time | GFLOP | achieved GFLOP/s | % of matmul peak | matmul-only bound | % of bound | reference (2 threads, this CPU) |\n"
+                 "|---|---:|---:|---:|---:|---:|---:|---|\n")
+        shown = lambda t: f"{t * 1e3:.2f} ms" if t < 1 else f"{t:.2f} s"  # noqa: E731
         for row in phases:
-            shown = f"{row['seconds'] * 1e3:.2f} ms" if row["seconds"] < 1 else f"{row['seconds']:.2f} s"
             achieved = row["gflop"] / row["seconds"]
-            text += f"| {row['phase']} | {shown} | {row['gflop']:.1f} | {achieved:.1f} | {100 * achieved / peak:.1f} % | {row['reference']} |\n"
+            bounded = f"{shown(row['bound'])} | {100 * row['bound'] / row['seconds']:.0f} %" if row["bound"] else "n/a | n/a"
+            text += (f"| {row['phase']} | {shown(row['seconds'])} | {row['gflop']:.1f} | {achieved:.1f} | {100 * achieved / peak:.1f} % | "
+                     f"{bounded} | {row['reference']} |\n")
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

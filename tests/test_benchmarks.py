@@ -221,8 +221,9 @@ def test_every_config_names_its_dataset_and_only_fields_the_script_has(folder):
 
 
 def test_speed_table(tmp_path):
-    """benchmarks/speed.py times the scripts as subprocesses and writes the table, with the reference
-    column where a reference exists. (The model-based phases take ~30 s and are left to the benchmark.)"""
+    """benchmarks/speed.py times the scripts as subprocesses and writes the table, with the matmul-only
+    bound and the reference column where a reference exists. (The model-based phases take ~40 s and
+    are left to the benchmark.)"""
     out = tmp_path / "speed.md"
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "speed.py"), "--algos", "bc", "td3_bc", "--updates", "30",
                            "--threads", "1", "--device", "cpu", "--no-phases", "--out", str(out)],
@@ -233,7 +234,9 @@ def test_speed_table(tmp_path):
     assert set(rows) == {"bc", "td3_bc"}
     for name, cells in rows.items():
         assert float(cells[0]) > 0 and float(cells[1]) > 0 and cells[3].endswith("%")
-    assert rows["td3_bc"][4] == "250" and rows["td3_bc"][5].endswith("x") and rows["bc"][4] == "—"
+        # the matmul-only bound is an upper limit: a real update (with everything else) is slower
+        assert float(cells[4]) > 0.8 * float(cells[0]), cells
+    assert rows["td3_bc"][6] == "250" and rows["td3_bc"][7].endswith("x") and rows["bc"][6] == "—"
     speed = load_script(os.path.join(ROOT, "benchmarks", "speed.py"))
     # one 2x256 MLP on hopper shapes, by hand: 256 rows x (11*256 + 256*256 + 256*3) multiply-adds
     assert speed.mlp_macs([11, 256, 256, 3], 256) == 256 * (11 * 256 + 256 * 256 + 256 * 3)
