@@ -294,8 +294,8 @@ def main(argv=None):
     groups = defaultdict(list)
     for run in runs:
         groups[(run["dataset"], run["algo"])].append(run)
-    palette = plt.get_cmap("tab10")
-    colors = {algo: palette(i % 10) for i, algo in enumerate(algos)}
+    palette = plt.get_cmap("tab10" if len(algos) <= 10 else "tab20")  # one colour per algorithm
+    colors = {algo: palette(i % palette.N) for i, algo in enumerate(algos)}
 
     out = Path(args.out) if args.out else runs_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
