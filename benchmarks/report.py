@@ -250,11 +250,15 @@ def learning_curves(groups: dict, algos: list[str], datasets: list[str], path: P
         ax.set_xlabel("updates")
         ax.set_ylabel("normalised score")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
+    legend = {}  # one legend beside the panels, so that no curve hides under it
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label.split(" (")[0], handle)
+    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -366,17 +366,20 @@ class MatmulRecorder(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def replay_seconds(calls: list, repeats: int = 5) -> float:
-    """Best time of running the recorded products alone (after a warm-up pass)."""
-    for func, args, kwargs in calls:
-        func(*args, **kwargs)
-    best = math.inf
-    for _ in range(repeats):
+def replay_seconds(calls: list, blocks: int = 5, block_seconds: float = 0.3) -> float:
+    """Time of one pass over the recorded products alone: the best of `blocks` timed blocks of
+    as many passes as fill `block_seconds` (short passes alone are too noisy to time)."""
+
+    def passes(n: int) -> float:
         start = time.perf_counter()
-        for func, args, kwargs in calls:
-            func(*args, **kwargs)
-        best = min(best, time.perf_counter() - start)
-    return best
+        for _ in range(n):
+            for func, args, kwargs in calls:
+                func(*args, **kwargs)
+        return time.perf_counter() - start
+
+    one = passes(1)  # also the warm-up
+    n = max(1, round(block_seconds / max(one, 1e-6)))
+    return min(passes(n) for _ in range(blocks)) / n
 
 
 def script_matmul_bound(script: Path, dataset: Path, threads: int, updates: int = 4) -> float:
