@@ -199,8 +199,8 @@ def keep_freed_memory() -> None:
 
     PyTorch's CPU tensors come straight from malloc, and glibc by default maps every block
     over 128 KB fresh and unmaps it when freed, so each update pays page faults for all of
-    its activations. Measured here (2 threads): a dynamics-ensemble training step 13.0 ->
-    10.8 ms, a TD3+BC update 3 % faster. A no-op where libc is not glibc (macOS, musl).
+    its activations. Measured here (2 threads): a dynamics-ensemble training step 13.1 ->
+    10.8 ms, a TD3+BC update 1-3 % faster. A no-op where libc is not glibc (macOS, musl).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -747,6 +747,7 @@ def load_or_train_dynamics(data: OfflineData, settings: dict, seed: int, cache_d
 
 def _load_or_train(model: EnsembleDynamics, data: OfflineData, settings: dict, fingerprint: dict, seed: int,
                    path: str, device: torch.device) -> EnsembleDynamics:
+    """The body of load_or_train_dynamics, run while holding the cache file's lock."""
     if os.path.isfile(path):
         saved = torch.load(path, map_location=device, weights_only=False)
         if saved["fingerprint"] != fingerprint:

@@ -154,8 +154,8 @@ def keep_freed_memory() -> None:
 
     PyTorch's CPU tensors come straight from malloc, and glibc by default maps every block
     over 128 KB fresh and unmaps it when freed, so each update pays page faults for all of
-    its activations. Measured here (2 threads): a dynamics-ensemble training step 13.0 ->
-    10.8 ms, a TD3+BC update 3 % faster. A no-op where libc is not glibc (macOS, musl).
+    its activations. Measured here (2 threads): a dynamics-ensemble training step 13.1 ->
+    10.8 ms, a TD3+BC update 1-3 % faster. A no-op where libc is not glibc (macOS, musl).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

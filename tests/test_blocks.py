@@ -66,3 +66,26 @@ def test_ensemble_linear_is_a_matmul_per_member(out_dim, shared_input):
     want = torch.autograd.grad(expected, (x, layer.weight, layer.bias), g)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_cpu_device_keeps_freed_memory(monkeypatch):
+    """pick_device("cpu") asks glibc (mallopt) to serve blocks up to 32 MB from the heap and keep up to
+    1 GB of free heap, so activations are not page-faulted in anew each update; a libc that cannot be
+    loaded (macOS, musl) is no error."""
+    m = load_script(os.path.join(ROOT, "algorithms", "td3_bc.py"))
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(m.ctypes, "CDLL", lambda name: FakeLibc())
+    assert m.pick_device("cpu").type == "cpu"
+    assert calls == [(-3, 32 << 20), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+    def no_libc(name):
+        raise OSError("no such library")
+
+    monkeypatch.setattr(m.ctypes, "CDLL", no_libc)
+    assert m.pick_device("cpu").type == "cpu"
