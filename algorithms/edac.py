@@ -29,8 +29,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import gymnasium as gym
 import h5py
@@ -97,6 +98,255 @@ class Args:
     """YAML file whose keys override these defaults (the command line still wins)"""
 
 
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy rescaled to the action box; 3x256 trunk initialised as in EDAC's code."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low: np.ndarray, action_high: np.ndarray):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Linear(obs_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+        )
+        self.mean = nn.Linear(hidden_dim, act_dim)
+        self.log_std = nn.Linear(hidden_dim, act_dim)
+        for layer in self.trunk[::2]:
+            nn.init.constant_(layer.bias, 0.1)
+        for head in (self.mean, self.log_std):  # a near-zero mean and unit std at the start
+            nn.init.uniform_(head.weight, -1e-3, 1e-3)
+            nn.init.uniform_(head.bias, -1e-3, 1e-3)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False):
+        """Action and its log-probability (Appendix C of the SAC paper: tanh change of variables)."""
+        h = self.trunk(obs)
+        mean = self.mean(h)
+        if deterministic:
+            return torch.tanh(mean) * self.action_scale + self.action_bias, None
+        log_std = self.log_std(h).clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+        std = log_std.exp()
+        u = mean + std * torch.randn_like(mean)
+        gauss_logp = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        # log(1 - tanh(u)^2) in a stable form: 2 (log 2 - u - softplus(-2u))
+        squash = (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        log_prob = gauss_logp - squash - torch.log(self.action_scale).sum()
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob
+
+
+class EnsembleCritic(nn.Module):
+    """N Q-functions as one batched ensemble: Q(s, a) has shape [N, batch]. 3x256, EDAC's initialisation."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int):
+        super().__init__()
+        self.members = members
+        self.net = nn.Sequential(
+            EnsembleLinear(obs_dim + act_dim, hidden_dim, members),
+            nn.ReLU(),
+            EnsembleLinear(hidden_dim, hidden_dim, members),
+            nn.ReLU(),
+            EnsembleLinear(hidden_dim, hidden_dim, members),
+            nn.ReLU(),
+            EnsembleLinear(hidden_dim, 1, members),
+        )
+        with torch.no_grad():
+            for layer in self.net[::2]:
+                layer.bias.fill_(0.1)
+            self.net[-1].weight.uniform_(-3e-3, 3e-3)
+            self.net[-1].bias.uniform_(-3e-3, 3e-3)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
+
+    def frozen(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q(s, a) of every member with the weights detached: the actor loss needs dQ/da,
+        not the critics' weight gradients (a third less work than `forward` + backward)."""
+        x = torch.cat([obs, action], -1)
+        x = x.expand(self.net[0].weight.shape[0], *x.shape)
+        for layer in self.net:
+            x = (
+                torch.baddbmm(layer.bias.detach(), x, layer.weight.detach())
+                if isinstance(layer, EnsembleLinear)
+                else layer(x)
+            )
+        return x.squeeze(-1)
+
+
+def soft_target(rewards, terminals, next_q, next_logp, gamma: float, alpha):
+    """Section 3: y = r + γ (1 - d) (min_j Q'_j(s', a') - α log π(a'|s')), a' ~ π(s'); next_q is [N, batch]."""
+    return rewards + gamma * (1.0 - terminals) * (next_q.min(0).values - alpha * next_logp)
+
+
+def ensemble_similarity(action_grads: torch.Tensor) -> torch.Tensor:
+    """Section 4: 1/(N-1) Σ_{i≠j} cos(∇_a Q_i, ∇_a Q_j), averaged over the batch; action_grads is [N, batch, act_dim].
+
+    The sum runs over ordered pairs (each pair counts twice), as in the paper and its code.
+    """
+    members = action_grads.shape[0]
+    unit = action_grads / (action_grads.norm(dim=-1, keepdim=True) + 1e-10)
+    unit = unit.transpose(0, 1)  # [batch, N, act_dim]
+    gram = torch.bmm(unit, unit.transpose(1, 2))  # [batch, N, N] cosine similarities
+    off_diagonal = gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(-1)
+    return off_diagonal.mean() / (members - 1)
+
+
+@torch.compiler.disable  # ES differentiates ∇_a Q again, which torch.compile cannot: under --compile this stays eager
+def critic_loss_fn(critic, critic_target, actor, batch, gamma: float, alpha, eta: float):
+    """Squared TD error of every member against the shared target, summed over members (SAC-N),
+    plus η ES(s, a) on the same forward pass (Section 4)."""
+    obs, actions, rewards, next_obs, terminals = batch
+    with torch.no_grad():
+        next_actions, next_logp = actor(next_obs)
+        target_q = soft_target(rewards, terminals, critic_target(next_obs, next_actions), next_logp, gamma, alpha)
+    if eta == 0:
+        q = critic(obs, actions)
+        return ((q - target_q) ** 2).mean(1).sum(), q.detach(), torch.zeros((), device=q.device)
+    # one copy of the actions per member, so that one backward pass gives every member's ∇_a Q_i
+    actions = actions.expand(critic.members, *actions.shape).clone().requires_grad_(True)
+    q = critic(obs.expand(critic.members, *obs.shape), actions)
+    (action_grads,) = torch.autograd.grad(
+        q.sum(), actions, create_graph=True
+    )  # kept in the graph: ES trains the critics
+    similarity = ensemble_similarity(action_grads)
+    return ((q - target_q) ** 2).mean(1).sum() + eta * similarity, q.detach(), similarity.detach()
+
+
+def actor_loss_fn(actor, critic, obs, alpha):
+    """Section 3: minimise α log π(a|s) - min_j Q_j(s, a), a ~ π(s) (reparameterised)."""
+    pi, logp = actor(obs)
+    q = critic.frozen(obs, pi)
+    return (alpha * logp - q.min(0).values).mean(), logp.detach(), q.detach()
+
+
+def alpha_loss_fn(log_alpha, logp, target_entropy: float):
+    """Temperature (SAC, Eq. 18): raise α when the entropy -log π is below the target, lower it above."""
+    return -(log_alpha * (logp + target_entropy)).mean()
+
+
+def main():
+    args = parse_args(Args)
+    if args.num_critics < 2:
+        sys.exit(
+            f"error: --num-critics {args.num_critics}: the ensemble needs at least 2 Q-functions (2 is SAC's clipped "
+            "double Q)"
+        )
+    set_seed(args.seed)
+    device = pick_device(args.device, args.threads)
+    try:
+        data = load_dataset(args.dataset, device)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
+    obs_mean, obs_std = (
+        observation_stats(data)
+        if args.normalize_observations
+        else (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
+    )
+    normalize_observations(data, obs_mean, obs_std)
+    probe = data.make_env()
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, probe.action_space.low, probe.action_space.high).to(device)
+    probe.close()
+    critic = EnsembleCritic(obs_dim, act_dim, args.hidden_dim, args.num_critics).to(device)
+    critic_target = copy.deepcopy(critic).requires_grad_(False)
+    log_alpha = torch.zeros((), device=device, requires_grad=True)  # α = 1 at the start
+    target_entropy = -float(act_dim)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
+
+    def update(batch):
+        # actor and temperature first, then the critics, the order of the paper's code; one policy
+        # sample serves both losses, whose gradients are disjoint, so one backward pass does
+        actor_loss, logp, q_pi = actor_loss_fn(actor, critic, batch[0], log_alpha.exp().detach())
+        alpha_loss = alpha_loss_fn(log_alpha, logp, target_entropy)
+        actor_opt.zero_grad(set_to_none=True)
+        alpha_opt.zero_grad(set_to_none=True)
+        (actor_loss + alpha_loss).backward()
+        actor_opt.step()
+        alpha_opt.step()
+
+        alpha = log_alpha.exp().detach()
+        critic_loss, q, similarity = critic_loss_fn(critic, critic_target, actor, batch, args.gamma, alpha, args.eta)
+        critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        critic_opt.step()
+        with torch.no_grad():  # Polyak averaging of the target critics
+            for p, tp in zip(critic.parameters(), critic_target.parameters()):
+                tp.lerp_(p, args.tau)
+        return critic_loss.detach(), q.mean(), actor_loss.detach(), alpha, -logp.mean(), q_pi.std(0).mean(), similarity
+
+    if args.compile:
+        update = torch.compile(update)
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs = (torch.as_tensor(obs, dtype=torch.float32, device=device) - obs_mean) / obs_std
+        return actor(obs, deterministic=True)[0].cpu().numpy()
+
+    run_dir = make_run_dir(args, SCRIPT_NAME, args.dataset)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    trained = {
+        "actor": actor,
+        "critic": critic,
+        "critic_target": critic_target,
+        "actor_opt": actor_opt,
+        "critic_opt": critic_opt,
+        "alpha_opt": alpha_opt,
+    }
+    step, history, train_time = 0, [], 0.0
+    if args.resume:
+        step, extra = load_checkpoint(checkpoint_path, trained)
+        history, train_time = extra["history"], extra["train_time"]
+        with torch.no_grad():
+            log_alpha.copy_(extra["log_alpha"])
+    writer = make_writer(args, run_dir, step)
+
+    bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
+    tick = time.time()
+    for step in bar:
+        logs = update(data.sample(args.batch_size))
+
+        if step % args.log_every == 0:
+            for name, value in zip(
+                ("critic_loss", "q_mean", "actor_loss", "alpha", "entropy", "q_std_policy", "ensemble_similarity"), logs
+            ):
+                writer.add_scalar(f"losses/{name}", value.item(), step)
+        if step % args.eval_every == 0 or step == args.num_updates:
+            train_time += time.time() - tick
+            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
+            record_evaluation(run_dir, writer, history, step, returns, data, SCRIPT_NAME, args.seed, train_time)
+            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
+            tick = time.time()
+        if step % args.checkpoint_every == 0 or step == args.num_updates:
+            save_checkpoint(
+                checkpoint_path,
+                step,
+                trained,
+                {
+                    "history": history,
+                    "train_time": train_time + time.time() - tick,
+                    "log_alpha": log_alpha.detach().cpu(),
+                    "obs_mean": obs_mean.cpu(),
+                    "obs_std": obs_std.cpu(),
+                },
+            )
+
+    writer.close()
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    print(
+        f"{SCRIPT_NAME} on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
+        f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run "
+        f"directory {run_dir}"
+    )
+
+
+# ======== shared blocks below: the plumbing every script carries, copied byte for byte (tools/sync_blocks.py) ========
 # ---- shared: config ----
 def parse_args(args_cls):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume).
@@ -121,8 +371,14 @@ def parse_args(args_cls):
         if flag == "--resume":
             path = os.path.join(path, "config.yaml")
         if not os.path.isfile(path):
-            sys.exit(f"error: {flag}: {path!r} does not exist; " + (
-                "pass the run directory of an earlier run" if flag == "--resume" else "pass a YAML file such as one in benchmarks/configs/"))
+            sys.exit(
+                f"error: {flag}: {path!r} does not exist; "
+                + (
+                    "pass the run directory of an earlier run"
+                    if flag == "--resume"
+                    else "pass a YAML file such as one in benchmarks/configs/"
+                )
+            )
         try:
             with open(path) as f:
                 overrides = yaml.safe_load(f) or {}
@@ -133,10 +389,16 @@ def parse_args(args_cls):
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
     return tyro.cli(args_cls, default=defaults)
+
+
 # ---- end shared: config ----
 
 
 # ---- shared: run ----
+# the run's name is the script's file name, so a copy (td3_bc_myloss.py) reports itself as such
+SCRIPT_NAME = os.path.splitext(os.path.basename(__file__))[0]
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -206,9 +468,17 @@ def write_results(run_dir: str, results: dict) -> None:
 
 def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
     """Everything needed to continue: state dicts, RNG states, the step and `extra` (e.g. history)."""
-    state = {"step": step, "objects": {k: v.state_dict() for k, v in objects.items()}, "extra": extra,
-             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    state = {
+        "step": step,
+        "objects": {k: v.state_dict() for k, v in objects.items()},
+        "extra": extra,
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
 
@@ -216,7 +486,10 @@ def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
 def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     """Restore what save_checkpoint wrote into `objects`; returns the step and `extra`."""
     if not os.path.isfile(path):
-        sys.exit(f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see --checkpoint-every)")
+        sys.exit(
+            f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see "
+            "--checkpoint-every)"
+        )
     state = torch.load(path, map_location="cpu", weights_only=False)
     for k, v in objects.items():
         v.load_state_dict(state["objects"][k])
@@ -226,6 +499,8 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["step"], state["extra"]
+
+
 # ---- end shared: run ----
 
 
@@ -238,7 +513,9 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
 #   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
 #   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
-D4RL_NAME = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v2$")
+D4RL_NAME = re.compile(
+    r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v2$"
+)
 D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns (random, expert)
     "halfcheetah": ("HalfCheetah-v4", {}, -280.178953, 12135.0),
     "hopper": ("Hopper-v4", {}, -20.272305, 3234.3),
@@ -268,7 +545,13 @@ class OfflineData:
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
         idx = torch.randint(0, len(self.rewards), (batch_size,), device=self.rewards.device)
-        return self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx], self.terminals[idx]
+        return (
+            self.observations[idx],
+            self.actions[idx],
+            self.rewards[idx],
+            self.next_observations[idx],
+            self.terminals[idx],
+        )
 
 
 def transitions_from_arrays(arrays: dict, source: str) -> dict:
@@ -283,19 +566,29 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
     """
     for key in ("observations", "actions", "rewards", "terminals"):
         if key not in arrays:
-            raise DatasetError(f"{source} has no '{key}' array; a D4RL-layout file needs observations, actions, rewards, terminals and timeouts")
+            raise DatasetError(
+                f"{source} has no '{key}' array; a D4RL-layout file needs observations, actions, rewards, terminals "
+                "and timeouts"
+            )
     if "timeouts" not in arrays and "next_observations" not in arrays:
-        raise DatasetError(f"{source} has neither 'timeouts' nor 'next_observations', so episode ends cannot be told apart from time-limit cuts; add a 'timeouts' array")
+        raise DatasetError(
+            f"{source} has neither 'timeouts' nor 'next_observations', so episode ends cannot be told apart from "
+            "time-limit cuts; add a 'timeouts' array"
+        )
     arrays = {k: v for k, v in arrays.items() if np.ndim(v) > 0}  # scalar entries are metadata, not data
     n = len(arrays["observations"])
     for key, value in arrays.items():
         if key in ("rewards", "terminals", "timeouts") and value.ndim > 1 and value.size != len(value):
             raise DatasetError(f"{source}: '{key}' has shape {value.shape}; it must hold one value per step")
         if len(value) != n:
-            raise DatasetError(f"{source}: '{key}' has {len(value)} rows but 'observations' has {n}; the file is inconsistent")
+            raise DatasetError(
+                f"{source}: '{key}' has {len(value)} rows but 'observations' has {n}; the file is inconsistent"
+            )
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             bad = int((~np.isfinite(value)).reshape(n, -1).any(1).sum()) if n else 0
-            raise DatasetError(f"{source}: '{key}' holds NaN or inf in {bad} rows; clean the data before training on it")
+            raise DatasetError(
+                f"{source}: '{key}' holds NaN or inf in {bad} rows; clean the data before training on it"
+            )
     if n == 0:
         raise DatasetError(f"{source} holds no transitions")
     obs = arrays["observations"].astype(np.float32).reshape(n, -1)
@@ -314,16 +607,26 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
         keep = np.ones(n, dtype=bool)
         next_obs = arrays["next_observations"].astype(np.float32).reshape(n, -1)
         if next_obs.shape[1] != obs.shape[1]:
-            raise DatasetError(f"{source}: 'next_observations' have dim {next_obs.shape[1]} but 'observations' have {obs.shape[1]}")
+            raise DatasetError(
+                f"{source}: 'next_observations' have dim {next_obs.shape[1]} but 'observations' have {obs.shape[1]}"
+            )
     else:
         keep = ~ends | terminals  # a cut step has no successor in its own episode
         next_obs = np.concatenate([obs[1:], obs[-1:]])
         next_obs[terminals] = obs[terminals]
     if not keep.any():
-        raise DatasetError(f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no next_observations")
-    return dict(observations=obs[keep], actions=actions[keep], rewards=rewards[keep],
-                next_observations=next_obs[keep], terminals=terminals[keep].astype(np.float32),
-                episode_returns=episode_returns)
+        raise DatasetError(
+            f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no "
+            "next_observations"
+        )
+    return dict(
+        observations=obs[keep],
+        actions=actions[keep],
+        rewards=rewards[keep],
+        next_observations=next_obs[keep],
+        terminals=terminals[keep].astype(np.float32),
+        episode_returns=episode_returns,
+    )
 
 
 def read_hdf5(path: str) -> tuple[dict, dict]:
@@ -333,7 +636,10 @@ def read_hdf5(path: str) -> tuple[dict, dict]:
             arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     except (OSError, KeyError, ValueError) as e:
-        raise DatasetError(f"{path} is not a readable HDF5 file ({e}); it may be truncated or corrupt: delete it and download or generate it again")
+        raise DatasetError(
+            f"{path} is not a readable HDF5 file ({e}); it may be truncated or corrupt: delete it and download or "
+            "generate it again"
+        )
     return arrays, attrs
 
 
@@ -353,7 +659,10 @@ def download(url: str, path: str) -> None:
     except (OSError, urllib.error.URLError) as e:
         if os.path.exists(path + ".part"):
             os.remove(path + ".part")
-        raise DatasetError(f"could not download {url} ({e}); download it on a machine with network and put it at {path} (or point D4RL_DATASET_DIR at its folder)")
+        raise DatasetError(
+            f"could not download {url} ({e}); download it on a machine with network and put it at {path} (or point "
+            "D4RL_DATASET_DIR at its folder)"
+        )
     os.replace(path + ".part", path)
 
 
@@ -367,8 +676,10 @@ def check_env(data: dict, make_env: Callable[[], gym.Env], source: str) -> None:
     env.close()
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
         raise DatasetError(
-            f"{source} has observations of dim {data['observations'].shape[1]} and actions of dim {data['actions'].shape[1]}, "
-            f"but its environment has {obs_dim} and {act_dim}; the data belongs to another environment (or version)")
+            f"{source} has observations of dim {data['observations'].shape[1]} and actions of dim "
+            f"{data['actions'].shape[1]}, "
+            f"but its environment has {obs_dim} and {act_dim}; the data belongs to another environment (or version)"
+        )
 
 
 def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, float]:
@@ -379,8 +690,10 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
     try:
         dataset = minari.load_dataset(dataset_id, download=True)
     except Exception as e:
-        raise DatasetError(f"cannot load Minari dataset {dataset_id!r} ({type(e).__name__}: {e}); check the id, or with no network "
-                           f"copy it into {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}")
+        raise DatasetError(
+            f"cannot load Minari dataset {dataset_id!r} ({type(e).__name__}: {e}); check the id, or with no network "
+            f"copy it into {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}"
+        )
     columns = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
     for episode in dataset.iterate_episodes():
         if isinstance(episode.observations, dict):
@@ -395,7 +708,9 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
     metadata = dataset.storage.metadata
     ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
     if ref_min is None or ref_max is None:
-        print(f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr)
+        print(
+            f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr
+        )
         ref_min, ref_max = float("nan"), float("nan")
     return arrays, lambda: dataset.recover_environment(eval_env=True), float(ref_min), float(ref_max)
 
@@ -403,29 +718,40 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
 def shipped_path(name: str) -> str:
     """Where a shipped dataset lives: $SHIPPED_DATASETS_DIR, else datasets/shipped/ of this project."""
     here = os.path.dirname(os.path.abspath(__file__))
-    folders = [os.environ.get("SHIPPED_DATASETS_DIR", ""), os.path.join(here, "..", "datasets", "shipped"), os.path.join("datasets", "shipped")]
+    folders = [
+        os.environ.get("SHIPPED_DATASETS_DIR", ""),
+        os.path.join(here, "..", "datasets", "shipped"),
+        os.path.join("datasets", "shipped"),
+    ]
     for folder in filter(None, folders):
         path = os.path.join(folder, name + ".hdf5")
         if os.path.isfile(path):
             return path
-    raise DatasetError(f"shipped dataset {name!r} not found in {[f for f in folders if f]}; run from the project root, "
-                       "set SHIPPED_DATASETS_DIR to the folder that holds it, or pass the .hdf5 path itself")
+    raise DatasetError(
+        f"shipped dataset {name!r} not found in {[f for f in folders if f]}; run from the project root, "
+        "set SHIPPED_DATASETS_DIR to the folder that holds it, or pass the .hdf5 path itself"
+    )
 
 
 def load_dataset(name: str, device: torch.device) -> OfflineData:
     """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
     if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
-        path = shipped_path(name[len(SHIPPED_PREFIX):]) if name.startswith(SHIPPED_PREFIX) else name
+        path = shipped_path(name[len(SHIPPED_PREFIX) :]) if name.startswith(SHIPPED_PREFIX) else name
         if not os.path.isfile(path):
             raise DatasetError(f"dataset file {path!r} does not exist")
         arrays, attrs = read_hdf5(path)
         if "env_id" not in attrs:
-            raise DatasetError(f"{path} does not name its environment; set the file attribute env_id (and ref_min_score, ref_max_score)")
+            raise DatasetError(
+                f"{path} does not name its environment; set the file attribute env_id (and ref_min_score, "
+                "ref_max_score)"
+            )
         try:
             env_id, env_kwargs = str(attrs["env_id"]), json.loads(attrs.get("env_kwargs", "{}"))
             ref_min, ref_max = float(attrs.get("ref_min_score", np.nan)), float(attrs.get("ref_max_score", np.nan))
         except (ValueError, TypeError) as e:
-            raise DatasetError(f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers")
+            raise DatasetError(
+                f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers"
+            )
         make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
     elif D4RL_NAME.match(name):
         env_id, env_kwargs, ref_min, ref_max = D4RL_ENVS[name.split("-")[0]]
@@ -439,13 +765,23 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
     elif name.count("/") >= 2:
         arrays, make_env, ref_min, ref_max = load_minari(name)
     else:
-        raise DatasetError(f"unknown dataset {name!r}: use a D4RL name (hopper-medium-replay-v2), a Minari id "
-                           "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)")
+        raise DatasetError(
+            f"unknown dataset {name!r}: use a D4RL name (hopper-medium-replay-v2), a Minari id "
+            "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)"
+        )
     data = transitions_from_arrays(arrays, name)
     check_env(data, make_env, name)
     tensors = {k: torch.as_tensor(v, device=device) for k, v in data.items() if k != "episode_returns"}
-    return OfflineData(name=name, **tensors, episode_returns=data["episode_returns"], make_env=make_env,
-                       ref_min_score=ref_min, ref_max_score=ref_max)
+    return OfflineData(
+        name=name,
+        **tensors,
+        episode_returns=data["episode_returns"],
+        make_env=make_env,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+    )
+
+
 # ---- end shared: dataset ----
 
 
@@ -458,12 +794,16 @@ def observation_stats(data: OfflineData, eps: float = 1e-3) -> tuple[torch.Tenso
 def normalize_observations(data: OfflineData, mean: torch.Tensor, std: torch.Tensor) -> None:
     data.observations = (data.observations - mean) / std
     data.next_observations = (data.next_observations - mean) / std
+
+
 # ---- end shared: normalization ----
 
 
 # ---- shared: evaluation ----
 @torch.no_grad()
-def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
+def evaluate(
+    make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int
+) -> np.ndarray:
     """Return of `episodes` full episodes run side by side in a vectorised environment.
 
     `act` maps a batch of raw observations to a batch of actions (deterministic policy).
@@ -484,27 +824,58 @@ def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.nda
 def normalized_score(returns, ref_min: float, ref_max: float):
     """D4RL's normalised score: 0 is the reference minimum (random), 100 the maximum (expert)."""
     return 100.0 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+
+
 # ---- end shared: evaluation ----
 
 
 # ---- shared: offline_results ----
-def record_evaluation(run_dir: str, writer: SummaryWriter, history: list, step: int, returns: np.ndarray,
-                      data: OfflineData, algo: str, seed: int, train_time: float) -> None:
+def record_evaluation(
+    run_dir: str,
+    writer: SummaryWriter,
+    history: list,
+    step: int,
+    returns: np.ndarray,
+    data: OfflineData,
+    algo: str,
+    seed: int,
+    train_time: float,
+) -> None:
     """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far."""
     scores = normalized_score(returns, data.ref_min_score, data.ref_max_score)
-    history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std()),
-                    "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std())})
+    history.append(
+        {
+            "step": step,
+            "return": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "normalized_score": float(scores.mean()),
+            "normalized_score_std": float(scores.std()),
+        }
+    )
     writer.add_scalar("eval/return", returns.mean(), step)
     writer.add_scalar("eval/normalized_score", scores.mean(), step)
     writer.add_scalar("charts/updates_per_second", step / max(train_time, 1e-9), step)
-    write_results(run_dir, {
-        "algo": algo, "dataset": data.name, "seed": seed, "evaluations": history,
-        "last_normalized_score": history[-1]["normalized_score"],
-        "best_normalized_score": max(h["normalized_score"] for h in history),
-        "last_return": history[-1]["return"], "best_return": max(h["return"] for h in history),
-        "behaviour_return": float(data.episode_returns.mean()),
-        "behaviour_normalized_score": float(normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)),
-        "train_time_s": train_time, "updates_per_second": step / max(train_time, 1e-9)})
+    write_results(
+        run_dir,
+        {
+            "algo": algo,
+            "dataset": data.name,
+            "seed": seed,
+            "evaluations": history,
+            "last_normalized_score": history[-1]["normalized_score"],
+            "best_normalized_score": max(h["normalized_score"] for h in history),
+            "last_return": history[-1]["return"],
+            "best_return": max(h["return"] for h in history),
+            "behaviour_return": float(data.episode_returns.mean()),
+            "behaviour_normalized_score": float(
+                normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)
+            ),
+            "train_time_s": train_time,
+            "updates_per_second": step / max(train_time, 1e-9),
+        },
+    )
+
+
 # ---- end shared: offline_results ----
 
 
@@ -526,213 +897,9 @@ class EnsembleLinear(nn.Module):
         if x.dim() == 2:
             return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape), self.weight)
         return torch.baddbmm(self.bias, x, self.weight)
+
+
 # ---- end shared: ensemble_linear ----
-
-
-class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy rescaled to the action box; 3x256 trunk initialised as in EDAC's code."""
-
-    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low: np.ndarray, action_high: np.ndarray):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
-                                   nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
-        self.mean = nn.Linear(hidden_dim, act_dim)
-        self.log_std = nn.Linear(hidden_dim, act_dim)
-        for layer in self.trunk[::2]:
-            nn.init.constant_(layer.bias, 0.1)
-        for head in (self.mean, self.log_std):  # a near-zero mean and unit std at the start
-            nn.init.uniform_(head.weight, -1e-3, 1e-3)
-            nn.init.uniform_(head.bias, -1e-3, 1e-3)
-        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
-
-    def forward(self, obs: torch.Tensor, deterministic: bool = False):
-        """Action and its log-probability (Appendix C of the SAC paper: tanh change of variables)."""
-        h = self.trunk(obs)
-        mean = self.mean(h)
-        if deterministic:
-            return torch.tanh(mean) * self.action_scale + self.action_bias, None
-        log_std = self.log_std(h).clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
-        std = log_std.exp()
-        u = mean + std * torch.randn_like(mean)
-        gauss_logp = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-        # log(1 - tanh(u)^2) in a stable form: 2 (log 2 - u - softplus(-2u))
-        squash = (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        log_prob = gauss_logp - squash - torch.log(self.action_scale).sum()
-        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob
-
-
-class EnsembleCritic(nn.Module):
-    """N Q-functions as one batched ensemble: Q(s, a) has shape [N, batch]. 3x256, EDAC's initialisation."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int):
-        super().__init__()
-        self.members = members
-        self.net = nn.Sequential(
-            EnsembleLinear(obs_dim + act_dim, hidden_dim, members), nn.ReLU(),
-            EnsembleLinear(hidden_dim, hidden_dim, members), nn.ReLU(),
-            EnsembleLinear(hidden_dim, hidden_dim, members), nn.ReLU(),
-            EnsembleLinear(hidden_dim, 1, members),
-        )
-        with torch.no_grad():
-            for layer in self.net[::2]:
-                layer.bias.fill_(0.1)
-            self.net[-1].weight.uniform_(-3e-3, 3e-3)
-            self.net[-1].bias.uniform_(-3e-3, 3e-3)
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
-
-    def frozen(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q(s, a) of every member with the weights detached: the actor loss needs dQ/da,
-        not the critics' weight gradients (a third less work than `forward` + backward)."""
-        x = torch.cat([obs, action], -1)
-        x = x.expand(self.net[0].weight.shape[0], *x.shape)
-        for layer in self.net:
-            x = torch.baddbmm(layer.bias.detach(), x, layer.weight.detach()) if isinstance(layer, EnsembleLinear) else layer(x)
-        return x.squeeze(-1)
-
-
-def soft_target(rewards, terminals, next_q, next_logp, gamma: float, alpha):
-    """Section 3: y = r + γ (1 - d) (min_j Q'_j(s', a') - α log π(a'|s')), a' ~ π(s'); next_q is [N, batch]."""
-    return rewards + gamma * (1.0 - terminals) * (next_q.min(0).values - alpha * next_logp)
-
-
-def ensemble_similarity(action_grads: torch.Tensor) -> torch.Tensor:
-    """Section 4: 1/(N-1) Σ_{i≠j} cos(∇_a Q_i, ∇_a Q_j), averaged over the batch; action_grads is [N, batch, act_dim].
-
-    The sum runs over ordered pairs (each pair counts twice), as in the paper and its code.
-    """
-    members = action_grads.shape[0]
-    unit = action_grads / (action_grads.norm(dim=-1, keepdim=True) + 1e-10)
-    unit = unit.transpose(0, 1)  # [batch, N, act_dim]
-    gram = torch.bmm(unit, unit.transpose(1, 2))  # [batch, N, N] cosine similarities
-    off_diagonal = gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(-1)
-    return off_diagonal.mean() / (members - 1)
-
-
-@torch.compiler.disable  # ES differentiates ∇_a Q again, which torch.compile cannot: under --compile this stays eager
-def critic_loss_fn(critic, critic_target, actor, batch, gamma: float, alpha, eta: float):
-    """Squared TD error of every member against the shared target, summed over members (SAC-N),
-    plus η ES(s, a) on the same forward pass (Section 4)."""
-    obs, actions, rewards, next_obs, terminals = batch
-    with torch.no_grad():
-        next_actions, next_logp = actor(next_obs)
-        target_q = soft_target(rewards, terminals, critic_target(next_obs, next_actions), next_logp, gamma, alpha)
-    if eta == 0:
-        q = critic(obs, actions)
-        return ((q - target_q) ** 2).mean(1).sum(), q.detach(), torch.zeros((), device=q.device)
-    # one copy of the actions per member, so that one backward pass gives every member's ∇_a Q_i
-    actions = actions.expand(critic.members, *actions.shape).clone().requires_grad_(True)
-    q = critic(obs.expand(critic.members, *obs.shape), actions)
-    (action_grads,) = torch.autograd.grad(q.sum(), actions, create_graph=True)  # kept in the graph: ES trains the critics
-    similarity = ensemble_similarity(action_grads)
-    return ((q - target_q) ** 2).mean(1).sum() + eta * similarity, q.detach(), similarity.detach()
-
-
-def actor_loss_fn(actor, critic, obs, alpha):
-    """Section 3: minimise α log π(a|s) - min_j Q_j(s, a), a ~ π(s) (reparameterised)."""
-    pi, logp = actor(obs)
-    q = critic.frozen(obs, pi)
-    return (alpha * logp - q.min(0).values).mean(), logp.detach(), q.detach()
-
-
-def alpha_loss_fn(log_alpha, logp, target_entropy: float):
-    """Temperature (SAC, Eq. 18): raise α when the entropy -log π is below the target, lower it above."""
-    return -(log_alpha * (logp + target_entropy)).mean()
-
-
-def main():
-    args = parse_args(Args)
-    if args.num_critics < 2:
-        sys.exit(f"error: --num-critics {args.num_critics}: the ensemble needs at least 2 Q-functions (2 is SAC's clipped double Q)")
-    set_seed(args.seed)
-    device = pick_device(args.device, args.threads)
-    try:
-        data = load_dataset(args.dataset, device)
-    except DatasetError as e:
-        sys.exit(f"error: {e}")
-    obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
-    obs_mean, obs_std = observation_stats(data) if args.normalize_observations else (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
-    normalize_observations(data, obs_mean, obs_std)
-    probe = data.make_env()
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, probe.action_space.low, probe.action_space.high).to(device)
-    probe.close()
-    critic = EnsembleCritic(obs_dim, act_dim, args.hidden_dim, args.num_critics).to(device)
-    critic_target = copy.deepcopy(critic).requires_grad_(False)
-    log_alpha = torch.zeros((), device=device, requires_grad=True)  # α = 1 at the start
-    target_entropy = -float(act_dim)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
-
-    def update(batch):
-        # actor and temperature first, then the critics, the order of the paper's code; one policy
-        # sample serves both losses, whose gradients are disjoint, so one backward pass does
-        actor_loss, logp, q_pi = actor_loss_fn(actor, critic, batch[0], log_alpha.exp().detach())
-        alpha_loss = alpha_loss_fn(log_alpha, logp, target_entropy)
-        actor_opt.zero_grad(set_to_none=True)
-        alpha_opt.zero_grad(set_to_none=True)
-        (actor_loss + alpha_loss).backward()
-        actor_opt.step()
-        alpha_opt.step()
-
-        alpha = log_alpha.exp().detach()
-        critic_loss, q, similarity = critic_loss_fn(critic, critic_target, actor, batch, args.gamma, alpha, args.eta)
-        critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        critic_opt.step()
-        with torch.no_grad():  # Polyak averaging of the target critics
-            for p, tp in zip(critic.parameters(), critic_target.parameters()):
-                tp.lerp_(p, args.tau)
-        return critic_loss.detach(), q.mean(), actor_loss.detach(), alpha, -logp.mean(), q_pi.std(0).mean(), similarity
-
-    if args.compile:
-        update = torch.compile(update)
-
-    @torch.no_grad()
-    def act(obs: np.ndarray) -> np.ndarray:
-        obs = (torch.as_tensor(obs, dtype=torch.float32, device=device) - obs_mean) / obs_std
-        return actor(obs, deterministic=True)[0].cpu().numpy()
-
-    run_dir = make_run_dir(args, "edac", args.dataset)
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    trained = {"actor": actor, "critic": critic, "critic_target": critic_target,
-               "actor_opt": actor_opt, "critic_opt": critic_opt, "alpha_opt": alpha_opt}
-    step, history, train_time = 0, [], 0.0
-    if args.resume:
-        step, extra = load_checkpoint(checkpoint_path, trained)
-        history, train_time = extra["history"], extra["train_time"]
-        with torch.no_grad():
-            log_alpha.copy_(extra["log_alpha"])
-    writer = make_writer(args, run_dir, step)
-
-    bar = tqdm(range(step + 1, args.num_updates + 1), desc="edac", mininterval=2)
-    tick = time.time()
-    for step in bar:
-        logs = update(data.sample(args.batch_size))
-
-        if step % args.log_every == 0:
-            for name, value in zip(("critic_loss", "q_mean", "actor_loss", "alpha", "entropy", "q_std_policy", "ensemble_similarity"), logs):
-                writer.add_scalar(f"losses/{name}", value.item(), step)
-        if step % args.eval_every == 0 or step == args.num_updates:
-            train_time += time.time() - tick
-            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
-            record_evaluation(run_dir, writer, history, step, returns, data, "edac", args.seed, train_time)
-            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
-            tick = time.time()
-        if step % args.checkpoint_every == 0 or step == args.num_updates:
-            save_checkpoint(checkpoint_path, step, trained, {
-                "history": history, "train_time": train_time + time.time() - tick, "log_alpha": log_alpha.detach().cpu(),
-                "obs_mean": obs_mean.cpu(), "obs_std": obs_std.cpu()})
-
-    writer.close()
-    results = json.load(open(os.path.join(run_dir, "results.json")))
-    print(f"edac on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
-          f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run directory {run_dir}")
 
 
 if __name__ == "__main__":

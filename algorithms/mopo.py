@@ -33,8 +33,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import gymnasium as gym
 import h5py
@@ -79,7 +80,8 @@ class Args:
     dynamics_path: Optional[str] = None
     """a saved ensemble to use; it must have been trained on this dataset with these settings"""
     dynamics_cache_dir: Optional[str] = None
-    """where trained ensembles are saved and looked up, one file per dataset, seed and settings (None: <runs_dir>/dynamics)"""
+    """where trained ensembles are saved and looked up, one file per dataset, seed and settings (None: "
+    "<runs_dir>/dynamics)"""
     # model rollouts and the penalty
     rollout_length: int = 5
     """h: steps of each model rollout"""
@@ -136,6 +138,160 @@ class Args:
     """YAML file whose keys override these defaults (the command line still wins)"""
 
 
+def dynamics_settings(args: Args) -> dict:
+    """The settings a trained ensemble depends on (its cache key, with the data and the seed)."""
+    return {
+        "members": args.dynamics_members,
+        "elites": args.dynamics_elites,
+        "hidden_dim": args.dynamics_hidden_dim,
+        "hidden_layers": args.dynamics_hidden_layers,
+        "batch_size": args.dynamics_batch_size,
+        "lr": args.dynamics_lr,
+        "holdout_size": args.dynamics_holdout_size,
+        "patience": args.dynamics_patience,
+        "max_epochs": args.dynamics_max_epochs,
+    }
+
+
+def penalized_reward(reward: torch.Tensor, uncertainty: torch.Tensor, penalty_coef: float) -> torch.Tensor:
+    """Eq. 5: r̃ = r̂ - λ u."""
+    return reward - penalty_coef * uncertainty
+
+
+@torch.no_grad()
+def rollout(
+    model: "EnsembleDynamics",
+    actor: "TanhGaussianActor",
+    start_obs: torch.Tensor,
+    horizon: int,
+    done_fn: Callable,
+    penalty_coef: float,
+    uncertainty: str,
+) -> tuple[tuple[torch.Tensor, ...], dict]:
+    """h-step rollouts of the current policy in the model; a rollout stops where it terminates."""
+    obs, steps = start_obs, []
+    for _ in range(horizon):
+        actions, _ = actor(obs)
+        next_obs, reward, u = model.step(obs, actions)
+        done = done_fn(next_obs)
+        steps.append(
+            (
+                obs,
+                actions,
+                penalized_reward(reward, u[uncertainty], penalty_coef),
+                next_obs,
+                done.float(),
+                u[uncertainty],
+                reward,
+            )
+        )
+        obs = next_obs[~done]
+        if len(obs) == 0:
+            break
+    obs, actions, rewards, next_obs, terminals, u, raw = (torch.cat(x) for x in zip(*steps))
+    stats = {
+        "rollout/uncertainty": u.mean(),
+        "rollout/raw_reward": raw.mean(),
+        "rollout/penalized_reward": rewards.mean(),
+        "rollout/terminal_rate": terminals.mean(),
+    }
+    return (obs, actions, rewards, next_obs, terminals), stats
+
+
+def main():
+    args = parse_args(Args)
+    if args.uncertainty not in ("aleatoric", "epistemic"):
+        sys.exit(f"error: --uncertainty must be aleatoric or epistemic, not {args.uncertainty!r}")
+    set_seed(args.seed)
+    device = pick_device(args.device, args.threads)
+    try:
+        data = load_dataset(args.dataset, device)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
+    model = load_or_train_dynamics(
+        data,
+        dynamics_settings(args),
+        args.seed,
+        args.dynamics_cache_dir or os.path.join(args.runs_dir, "dynamics"),
+        args.dynamics_path,
+        device,
+    )
+    done_fn, done_source = termination_fn(data)
+    print(f"termination: {done_source}")
+
+    probe = data.make_env()
+    agent = SAC(
+        obs_dim,
+        act_dim,
+        probe.action_space.low,
+        probe.action_space.high,
+        args.hidden_dim,
+        args.actor_lr,
+        args.critic_lr,
+        args.alpha_lr,
+        args.gamma,
+        args.tau,
+        args.target_entropy,
+    ).to(device)
+    probe.close()
+    model_buffer = ReplayBuffer(
+        args.rollout_batch_size * args.rollout_length * args.model_retain, obs_dim, act_dim, device
+    )
+    real_batch = int(args.batch_size * args.real_ratio)
+    update = torch.compile(agent.update) if args.compile else agent.update
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        return (
+            agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic=True)[0].cpu().numpy()
+        )
+
+    run_dir = make_run_dir(args, SCRIPT_NAME, args.dataset)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    trained = {"agent": agent, **agent.optimizers(), "model_buffer": model_buffer}
+    step, history, train_time = 0, [], 0.0
+    if args.resume:
+        step, extra = load_checkpoint(checkpoint_path, trained)
+        history, train_time = extra["history"], extra["train_time"]
+    writer = make_writer(args, run_dir, step)
+
+    bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
+    tick = time.time()
+    for step in bar:
+        if (step - 1) % args.rollout_every == 0:
+            start = data.observations[torch.randint(0, len(data.rewards), (args.rollout_batch_size,), device=device)]
+            batch, rollout_stats = rollout(
+                model, agent.actor, start, args.rollout_length, done_fn, args.penalty_coef, args.uncertainty
+            )
+            model_buffer.add(*batch)
+        real, imagined = data.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
+        logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
+
+        if step % args.log_every == 0:
+            for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
+                writer.add_scalar(key, value.item(), step)
+        if step % args.eval_every == 0 or step == args.num_updates:
+            train_time += time.time() - tick
+            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
+            record_evaluation(run_dir, writer, history, step, returns, data, SCRIPT_NAME, args.seed, train_time)
+            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
+            tick = time.time()
+        if step % args.checkpoint_every == 0 or step == args.num_updates:
+            save_checkpoint(
+                checkpoint_path, step, trained, {"history": history, "train_time": train_time + time.time() - tick}
+            )
+
+    writer.close()
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    print(
+        f"{SCRIPT_NAME} on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
+        f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run "
+        f"directory {run_dir}"
+    )
+
+
+# ======== shared blocks below: the plumbing every script carries, copied byte for byte (tools/sync_blocks.py) ========
 # ---- shared: config ----
 def parse_args(args_cls):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume).
@@ -160,8 +316,14 @@ def parse_args(args_cls):
         if flag == "--resume":
             path = os.path.join(path, "config.yaml")
         if not os.path.isfile(path):
-            sys.exit(f"error: {flag}: {path!r} does not exist; " + (
-                "pass the run directory of an earlier run" if flag == "--resume" else "pass a YAML file such as one in benchmarks/configs/"))
+            sys.exit(
+                f"error: {flag}: {path!r} does not exist; "
+                + (
+                    "pass the run directory of an earlier run"
+                    if flag == "--resume"
+                    else "pass a YAML file such as one in benchmarks/configs/"
+                )
+            )
         try:
             with open(path) as f:
                 overrides = yaml.safe_load(f) or {}
@@ -172,10 +334,16 @@ def parse_args(args_cls):
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
     return tyro.cli(args_cls, default=defaults)
+
+
 # ---- end shared: config ----
 
 
 # ---- shared: run ----
+# the run's name is the script's file name, so a copy (td3_bc_myloss.py) reports itself as such
+SCRIPT_NAME = os.path.splitext(os.path.basename(__file__))[0]
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -245,9 +413,17 @@ def write_results(run_dir: str, results: dict) -> None:
 
 def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
     """Everything needed to continue: state dicts, RNG states, the step and `extra` (e.g. history)."""
-    state = {"step": step, "objects": {k: v.state_dict() for k, v in objects.items()}, "extra": extra,
-             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    state = {
+        "step": step,
+        "objects": {k: v.state_dict() for k, v in objects.items()},
+        "extra": extra,
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
 
@@ -255,7 +431,10 @@ def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
 def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     """Restore what save_checkpoint wrote into `objects`; returns the step and `extra`."""
     if not os.path.isfile(path):
-        sys.exit(f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see --checkpoint-every)")
+        sys.exit(
+            f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see "
+            "--checkpoint-every)"
+        )
     state = torch.load(path, map_location="cpu", weights_only=False)
     for k, v in objects.items():
         v.load_state_dict(state["objects"][k])
@@ -265,6 +444,8 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["step"], state["extra"]
+
+
 # ---- end shared: run ----
 
 
@@ -277,7 +458,9 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
 #   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
 #   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
-D4RL_NAME = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v2$")
+D4RL_NAME = re.compile(
+    r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v2$"
+)
 D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns (random, expert)
     "halfcheetah": ("HalfCheetah-v4", {}, -280.178953, 12135.0),
     "hopper": ("Hopper-v4", {}, -20.272305, 3234.3),
@@ -307,7 +490,13 @@ class OfflineData:
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
         idx = torch.randint(0, len(self.rewards), (batch_size,), device=self.rewards.device)
-        return self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx], self.terminals[idx]
+        return (
+            self.observations[idx],
+            self.actions[idx],
+            self.rewards[idx],
+            self.next_observations[idx],
+            self.terminals[idx],
+        )
 
 
 def transitions_from_arrays(arrays: dict, source: str) -> dict:
@@ -322,19 +511,29 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
     """
     for key in ("observations", "actions", "rewards", "terminals"):
         if key not in arrays:
-            raise DatasetError(f"{source} has no '{key}' array; a D4RL-layout file needs observations, actions, rewards, terminals and timeouts")
+            raise DatasetError(
+                f"{source} has no '{key}' array; a D4RL-layout file needs observations, actions, rewards, terminals "
+                "and timeouts"
+            )
     if "timeouts" not in arrays and "next_observations" not in arrays:
-        raise DatasetError(f"{source} has neither 'timeouts' nor 'next_observations', so episode ends cannot be told apart from time-limit cuts; add a 'timeouts' array")
+        raise DatasetError(
+            f"{source} has neither 'timeouts' nor 'next_observations', so episode ends cannot be told apart from "
+            "time-limit cuts; add a 'timeouts' array"
+        )
     arrays = {k: v for k, v in arrays.items() if np.ndim(v) > 0}  # scalar entries are metadata, not data
     n = len(arrays["observations"])
     for key, value in arrays.items():
         if key in ("rewards", "terminals", "timeouts") and value.ndim > 1 and value.size != len(value):
             raise DatasetError(f"{source}: '{key}' has shape {value.shape}; it must hold one value per step")
         if len(value) != n:
-            raise DatasetError(f"{source}: '{key}' has {len(value)} rows but 'observations' has {n}; the file is inconsistent")
+            raise DatasetError(
+                f"{source}: '{key}' has {len(value)} rows but 'observations' has {n}; the file is inconsistent"
+            )
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             bad = int((~np.isfinite(value)).reshape(n, -1).any(1).sum()) if n else 0
-            raise DatasetError(f"{source}: '{key}' holds NaN or inf in {bad} rows; clean the data before training on it")
+            raise DatasetError(
+                f"{source}: '{key}' holds NaN or inf in {bad} rows; clean the data before training on it"
+            )
     if n == 0:
         raise DatasetError(f"{source} holds no transitions")
     obs = arrays["observations"].astype(np.float32).reshape(n, -1)
@@ -353,16 +552,26 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
         keep = np.ones(n, dtype=bool)
         next_obs = arrays["next_observations"].astype(np.float32).reshape(n, -1)
         if next_obs.shape[1] != obs.shape[1]:
-            raise DatasetError(f"{source}: 'next_observations' have dim {next_obs.shape[1]} but 'observations' have {obs.shape[1]}")
+            raise DatasetError(
+                f"{source}: 'next_observations' have dim {next_obs.shape[1]} but 'observations' have {obs.shape[1]}"
+            )
     else:
         keep = ~ends | terminals  # a cut step has no successor in its own episode
         next_obs = np.concatenate([obs[1:], obs[-1:]])
         next_obs[terminals] = obs[terminals]
     if not keep.any():
-        raise DatasetError(f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no next_observations")
-    return dict(observations=obs[keep], actions=actions[keep], rewards=rewards[keep],
-                next_observations=next_obs[keep], terminals=terminals[keep].astype(np.float32),
-                episode_returns=episode_returns)
+        raise DatasetError(
+            f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no "
+            "next_observations"
+        )
+    return dict(
+        observations=obs[keep],
+        actions=actions[keep],
+        rewards=rewards[keep],
+        next_observations=next_obs[keep],
+        terminals=terminals[keep].astype(np.float32),
+        episode_returns=episode_returns,
+    )
 
 
 def read_hdf5(path: str) -> tuple[dict, dict]:
@@ -372,7 +581,10 @@ def read_hdf5(path: str) -> tuple[dict, dict]:
             arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     except (OSError, KeyError, ValueError) as e:
-        raise DatasetError(f"{path} is not a readable HDF5 file ({e}); it may be truncated or corrupt: delete it and download or generate it again")
+        raise DatasetError(
+            f"{path} is not a readable HDF5 file ({e}); it may be truncated or corrupt: delete it and download or "
+            "generate it again"
+        )
     return arrays, attrs
 
 
@@ -392,7 +604,10 @@ def download(url: str, path: str) -> None:
     except (OSError, urllib.error.URLError) as e:
         if os.path.exists(path + ".part"):
             os.remove(path + ".part")
-        raise DatasetError(f"could not download {url} ({e}); download it on a machine with network and put it at {path} (or point D4RL_DATASET_DIR at its folder)")
+        raise DatasetError(
+            f"could not download {url} ({e}); download it on a machine with network and put it at {path} (or point "
+            "D4RL_DATASET_DIR at its folder)"
+        )
     os.replace(path + ".part", path)
 
 
@@ -406,8 +621,10 @@ def check_env(data: dict, make_env: Callable[[], gym.Env], source: str) -> None:
     env.close()
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
         raise DatasetError(
-            f"{source} has observations of dim {data['observations'].shape[1]} and actions of dim {data['actions'].shape[1]}, "
-            f"but its environment has {obs_dim} and {act_dim}; the data belongs to another environment (or version)")
+            f"{source} has observations of dim {data['observations'].shape[1]} and actions of dim "
+            f"{data['actions'].shape[1]}, "
+            f"but its environment has {obs_dim} and {act_dim}; the data belongs to another environment (or version)"
+        )
 
 
 def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, float]:
@@ -418,8 +635,10 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
     try:
         dataset = minari.load_dataset(dataset_id, download=True)
     except Exception as e:
-        raise DatasetError(f"cannot load Minari dataset {dataset_id!r} ({type(e).__name__}: {e}); check the id, or with no network "
-                           f"copy it into {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}")
+        raise DatasetError(
+            f"cannot load Minari dataset {dataset_id!r} ({type(e).__name__}: {e}); check the id, or with no network "
+            f"copy it into {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}"
+        )
     columns = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
     for episode in dataset.iterate_episodes():
         if isinstance(episode.observations, dict):
@@ -434,7 +653,9 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
     metadata = dataset.storage.metadata
     ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
     if ref_min is None or ref_max is None:
-        print(f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr)
+        print(
+            f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr
+        )
         ref_min, ref_max = float("nan"), float("nan")
     return arrays, lambda: dataset.recover_environment(eval_env=True), float(ref_min), float(ref_max)
 
@@ -442,29 +663,40 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
 def shipped_path(name: str) -> str:
     """Where a shipped dataset lives: $SHIPPED_DATASETS_DIR, else datasets/shipped/ of this project."""
     here = os.path.dirname(os.path.abspath(__file__))
-    folders = [os.environ.get("SHIPPED_DATASETS_DIR", ""), os.path.join(here, "..", "datasets", "shipped"), os.path.join("datasets", "shipped")]
+    folders = [
+        os.environ.get("SHIPPED_DATASETS_DIR", ""),
+        os.path.join(here, "..", "datasets", "shipped"),
+        os.path.join("datasets", "shipped"),
+    ]
     for folder in filter(None, folders):
         path = os.path.join(folder, name + ".hdf5")
         if os.path.isfile(path):
             return path
-    raise DatasetError(f"shipped dataset {name!r} not found in {[f for f in folders if f]}; run from the project root, "
-                       "set SHIPPED_DATASETS_DIR to the folder that holds it, or pass the .hdf5 path itself")
+    raise DatasetError(
+        f"shipped dataset {name!r} not found in {[f for f in folders if f]}; run from the project root, "
+        "set SHIPPED_DATASETS_DIR to the folder that holds it, or pass the .hdf5 path itself"
+    )
 
 
 def load_dataset(name: str, device: torch.device) -> OfflineData:
     """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
     if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
-        path = shipped_path(name[len(SHIPPED_PREFIX):]) if name.startswith(SHIPPED_PREFIX) else name
+        path = shipped_path(name[len(SHIPPED_PREFIX) :]) if name.startswith(SHIPPED_PREFIX) else name
         if not os.path.isfile(path):
             raise DatasetError(f"dataset file {path!r} does not exist")
         arrays, attrs = read_hdf5(path)
         if "env_id" not in attrs:
-            raise DatasetError(f"{path} does not name its environment; set the file attribute env_id (and ref_min_score, ref_max_score)")
+            raise DatasetError(
+                f"{path} does not name its environment; set the file attribute env_id (and ref_min_score, "
+                "ref_max_score)"
+            )
         try:
             env_id, env_kwargs = str(attrs["env_id"]), json.loads(attrs.get("env_kwargs", "{}"))
             ref_min, ref_max = float(attrs.get("ref_min_score", np.nan)), float(attrs.get("ref_max_score", np.nan))
         except (ValueError, TypeError) as e:
-            raise DatasetError(f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers")
+            raise DatasetError(
+                f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers"
+            )
         make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
     elif D4RL_NAME.match(name):
         env_id, env_kwargs, ref_min, ref_max = D4RL_ENVS[name.split("-")[0]]
@@ -478,19 +710,31 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
     elif name.count("/") >= 2:
         arrays, make_env, ref_min, ref_max = load_minari(name)
     else:
-        raise DatasetError(f"unknown dataset {name!r}: use a D4RL name (hopper-medium-replay-v2), a Minari id "
-                           "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)")
+        raise DatasetError(
+            f"unknown dataset {name!r}: use a D4RL name (hopper-medium-replay-v2), a Minari id "
+            "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)"
+        )
     data = transitions_from_arrays(arrays, name)
     check_env(data, make_env, name)
     tensors = {k: torch.as_tensor(v, device=device) for k, v in data.items() if k != "episode_returns"}
-    return OfflineData(name=name, **tensors, episode_returns=data["episode_returns"], make_env=make_env,
-                       ref_min_score=ref_min, ref_max_score=ref_max)
+    return OfflineData(
+        name=name,
+        **tensors,
+        episode_returns=data["episode_returns"],
+        make_env=make_env,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+    )
+
+
 # ---- end shared: dataset ----
 
 
 # ---- shared: evaluation ----
 @torch.no_grad()
-def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
+def evaluate(
+    make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int
+) -> np.ndarray:
     """Return of `episodes` full episodes run side by side in a vectorised environment.
 
     `act` maps a batch of raw observations to a batch of actions (deterministic policy).
@@ -511,27 +755,58 @@ def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.nda
 def normalized_score(returns, ref_min: float, ref_max: float):
     """D4RL's normalised score: 0 is the reference minimum (random), 100 the maximum (expert)."""
     return 100.0 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+
+
 # ---- end shared: evaluation ----
 
 
 # ---- shared: offline_results ----
-def record_evaluation(run_dir: str, writer: SummaryWriter, history: list, step: int, returns: np.ndarray,
-                      data: OfflineData, algo: str, seed: int, train_time: float) -> None:
+def record_evaluation(
+    run_dir: str,
+    writer: SummaryWriter,
+    history: list,
+    step: int,
+    returns: np.ndarray,
+    data: OfflineData,
+    algo: str,
+    seed: int,
+    train_time: float,
+) -> None:
     """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far."""
     scores = normalized_score(returns, data.ref_min_score, data.ref_max_score)
-    history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std()),
-                    "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std())})
+    history.append(
+        {
+            "step": step,
+            "return": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "normalized_score": float(scores.mean()),
+            "normalized_score_std": float(scores.std()),
+        }
+    )
     writer.add_scalar("eval/return", returns.mean(), step)
     writer.add_scalar("eval/normalized_score", scores.mean(), step)
     writer.add_scalar("charts/updates_per_second", step / max(train_time, 1e-9), step)
-    write_results(run_dir, {
-        "algo": algo, "dataset": data.name, "seed": seed, "evaluations": history,
-        "last_normalized_score": history[-1]["normalized_score"],
-        "best_normalized_score": max(h["normalized_score"] for h in history),
-        "last_return": history[-1]["return"], "best_return": max(h["return"] for h in history),
-        "behaviour_return": float(data.episode_returns.mean()),
-        "behaviour_normalized_score": float(normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)),
-        "train_time_s": train_time, "updates_per_second": step / max(train_time, 1e-9)})
+    write_results(
+        run_dir,
+        {
+            "algo": algo,
+            "dataset": data.name,
+            "seed": seed,
+            "evaluations": history,
+            "last_normalized_score": history[-1]["normalized_score"],
+            "best_normalized_score": max(h["normalized_score"] for h in history),
+            "last_return": history[-1]["return"],
+            "best_return": max(h["return"] for h in history),
+            "behaviour_return": float(data.episode_returns.mean()),
+            "behaviour_normalized_score": float(
+                normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)
+            ),
+            "train_time_s": train_time,
+            "updates_per_second": step / max(train_time, 1e-9),
+        },
+    )
+
+
 # ---- end shared: offline_results ----
 
 
@@ -553,6 +828,8 @@ class EnsembleLinear(nn.Module):
         if x.dim() == 2:
             return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape), self.weight)
         return torch.baddbmm(self.bias, x, self.weight)
+
+
 # ---- end shared: ensemble_linear ----
 
 
@@ -566,11 +843,23 @@ class EnsembleDynamics(nn.Module):
     names the members with the lowest holdout error; rollouts draw one elite per transition.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, members: int = 7, elites: int = 5, hidden_dim: int = 200,
-                 hidden_layers: int = 4, weight_decays: Optional[tuple] = None):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        members: int = 7,
+        elites: int = 5,
+        hidden_dim: int = 200,
+        hidden_layers: int = 4,
+        weight_decays: Optional[tuple] = None,
+    ):
         super().__init__()
         if weight_decays is None:  # MBPO's per-layer decays for 4 hidden layers, the same range spread otherwise
-            weight_decays = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4) if hidden_layers == 4 else tuple(np.linspace(2.5e-5, 1e-4, hidden_layers + 1))
+            weight_decays = (
+                (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+                if hidden_layers == 4
+                else tuple(np.linspace(2.5e-5, 1e-4, hidden_layers + 1))
+            )
         if len(weight_decays) != hidden_layers + 1:
             raise ValueError("one weight decay per layer (hidden layers + output layer)")
         self.obs_dim, self.members, self.num_elites = obs_dim, members, elites
@@ -590,14 +879,18 @@ class EnsembleDynamics(nn.Module):
         self.register_buffer("obs_high", torch.full((obs_dim,), float("inf")))
         self.register_buffer("reward_range", torch.tensor([-float("inf"), float("inf")]))
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, members: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, obs: torch.Tensor, actions: torch.Tensor, members: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of [Δobs, reward], each [members, batch, obs_dim + 1].
 
         `members` (indices) evaluates only those members, e.g. the elites in rollouts.
         """
         x = (torch.cat([obs, actions], -1) - self.input_mean) / self.input_std
         for i, layer in enumerate(self.layers):
-            weight, bias = (layer.weight, layer.bias) if members is None else (layer.weight[members], layer.bias[members])
+            weight, bias = (
+                (layer.weight, layer.bias) if members is None else (layer.weight[members], layer.bias[members])
+            )
             x = torch.baddbmm(bias, x.expand(weight.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, weight)
             if i < len(self.layers) - 1:
                 x = F.silu(x)
@@ -623,7 +916,9 @@ class EnsembleDynamics(nn.Module):
         return groups + [{"params": [p for p in self.parameters() if id(p) not in decayed], "weight_decay": 0.0}]
 
     @torch.no_grad()
-    def step(self, obs: torch.Tensor, actions: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def step(
+        self, obs: torch.Tensor, actions: torch.Tensor, chunk: int = 8192
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """One imagined transition per row: a sample from a random elite, and the uncertainties.
 
         aleatoric: max over elites of the norm of the predicted std (MOPO's u(s, a));
@@ -632,9 +927,12 @@ class EnsembleDynamics(nn.Module):
         Large batches go through in chunks, so activations stay in cache (the same numbers).
         """
         if len(obs) > chunk:
-            parts = [self.step(obs[i:i + chunk], actions[i:i + chunk], chunk) for i in range(0, len(obs), chunk)]
-            return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                    {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]})
+            parts = [self.step(obs[i : i + chunk], actions[i : i + chunk], chunk) for i in range(0, len(obs), chunk)]
+            return (
+                torch.cat([p[0] for p in parts]),
+                torch.cat([p[1] for p in parts]),
+                {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]},
+            )
         mean, logvar = self(obs, actions, members=self.elite_idx)
         std = torch.exp(0.5 * logvar)
         pick = torch.randint(0, self.num_elites, (obs.shape[0],), device=obs.device)
@@ -651,8 +949,16 @@ class EnsembleDynamics(nn.Module):
         return next_obs, reward, uncertainty
 
 
-def train_dynamics(model: EnsembleDynamics, data: OfflineData, batch_size: int = 256, lr: float = 1e-3,
-                   holdout_size: int = 1000, patience: int = 5, max_epochs: int = 0, obs_margin: float = 0.1) -> dict:
+def train_dynamics(
+    model: EnsembleDynamics,
+    data: OfflineData,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    holdout_size: int = 1000,
+    patience: int = 5,
+    max_epochs: int = 0,
+    obs_margin: float = 0.1,
+) -> dict:
     """Fit the ensemble: bootstrap per member, holdout early stopping per member, elites.
 
     A member's snapshot is kept when its holdout MSE improves by more than 1 %; training stops
@@ -690,7 +996,7 @@ def train_dynamics(model: EnsembleDynamics, data: OfflineData, batch_size: int =
         epoch += 1
         order = bootstrap.gather(1, torch.argsort(torch.rand(E, len(train), device=device), dim=1))
         for start in range(0, len(train), batch_size):
-            idx = order[:, start:start + batch_size]  # [E, B]: each member its own minibatch
+            idx = order[:, start : start + batch_size]  # [E, B]: each member its own minibatch
             loss = model.loss(inputs_obs[idx], inputs_act[idx], targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -722,10 +1028,18 @@ def dynamics_fingerprint(data: OfflineData, settings: dict, seed: int) -> dict:
     digest = hashlib.sha1()
     for tensor in (data.observations, data.actions, data.rewards, data.next_observations, data.terminals):
         digest.update(tensor.detach().cpu().numpy().tobytes())
-    return {"dataset": data.name, "transitions": len(data.rewards), "data_sha1": digest.hexdigest(), "seed": seed, **settings}
+    return {
+        "dataset": data.name,
+        "transitions": len(data.rewards),
+        "data_sha1": digest.hexdigest(),
+        "seed": seed,
+        **settings,
+    }
 
 
-def load_or_train_dynamics(data: OfflineData, settings: dict, seed: int, cache_dir: str, path: Optional[str], device: torch.device) -> EnsembleDynamics:
+def load_or_train_dynamics(
+    data: OfflineData, settings: dict, seed: int, cache_dir: str, path: Optional[str], device: torch.device
+) -> EnsembleDynamics:
     """Train once, reuse: an ensemble saved with its fingerprint is loaded when it matches.
 
     `path` (explicit) must exist and match; otherwise the cache file named by the fingerprint
@@ -735,7 +1049,9 @@ def load_or_train_dynamics(data: OfflineData, settings: dict, seed: int, cache_d
     key = hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", data.name).strip("-")
     if path is not None and not os.path.isfile(path):
-        sys.exit(f"error: dynamics file {path!r} does not exist; drop --dynamics-path to train (and cache) a new ensemble")
+        sys.exit(
+            f"error: dynamics file {path!r} does not exist; drop --dynamics-path to train (and cache) a new ensemble"
+        )
     path = path or os.path.join(cache_dir, f"{safe}__seed{seed}__{key}.pt")
     model_args = {k: settings[k] for k in ("members", "elites", "hidden_dim", "hidden_layers")}
     model = EnsembleDynamics(data.observations.shape[1], data.actions.shape[1], **model_args).to(device)
@@ -745,30 +1061,55 @@ def load_or_train_dynamics(data: OfflineData, settings: dict, seed: int, cache_d
         return _load_or_train(model, data, settings, fingerprint, seed, path, device)
 
 
-def _load_or_train(model: EnsembleDynamics, data: OfflineData, settings: dict, fingerprint: dict, seed: int,
-                   path: str, device: torch.device) -> EnsembleDynamics:
+def _load_or_train(
+    model: EnsembleDynamics,
+    data: OfflineData,
+    settings: dict,
+    fingerprint: dict,
+    seed: int,
+    path: str,
+    device: torch.device,
+) -> EnsembleDynamics:
     """The body of load_or_train_dynamics, run while holding the cache file's lock."""
     if os.path.isfile(path):
         saved = torch.load(path, map_location=device, weights_only=False)
         if saved["fingerprint"] != fingerprint:
-            diff = sorted(k for k in set(fingerprint) | set(saved["fingerprint"]) if fingerprint.get(k) != saved["fingerprint"].get(k))
-            sys.exit(f"error: dynamics file {path} was trained with other {', '.join(diff)} than this run; "
-                     "delete it, or drop --dynamics-path, or run with the settings it was made with")
+            diff = sorted(
+                k
+                for k in set(fingerprint) | set(saved["fingerprint"])
+                if fingerprint.get(k) != saved["fingerprint"].get(k)
+            )
+            sys.exit(
+                f"error: dynamics file {path} was trained with other {', '.join(diff)} than this run; "
+                "delete it, or drop --dynamics-path, or run with the settings it was made with"
+            )
         model.load_state_dict(saved["model"])
-        print(f"dynamics: reusing {path} (holdout MSE of elites {np.mean([saved['log']['holdout_mse'][i] for i in saved['log']['elites']]):.4f})")
+        print(
+            f"dynamics: reusing {path} (holdout MSE of elites "
+            f"{np.mean([saved['log']['holdout_mse'][i] for i in saved['log']['elites']]):.4f})"
+        )
         return model
     start = time.time()
     # a private random stream: training gives the same model, and leaves the caller's RNG where
     # a cache hit would, so a run's numbers do not depend on whether the cache had the model
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        log = train_dynamics(model, data, batch_size=settings["batch_size"], lr=settings["lr"], holdout_size=settings["holdout_size"],
-                             patience=settings["patience"], max_epochs=settings["max_epochs"])
+        log = train_dynamics(
+            model,
+            data,
+            batch_size=settings["batch_size"],
+            lr=settings["lr"],
+            holdout_size=settings["holdout_size"],
+            patience=settings["patience"],
+            max_epochs=settings["max_epochs"],
+        )
     log["train_time_s"] = time.time() - start
     torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "log": log}, path + ".tmp")
     os.replace(path + ".tmp", path)
     print(f"dynamics: trained {log['epochs']} epochs in {log['train_time_s']:.0f} s, saved to {path}")
     return model
+
+
 # ---- end shared: dynamics_ensemble ----
 
 
@@ -778,8 +1119,9 @@ def _load_or_train(model: EnsembleDynamics, data: OfflineData, settings: dict, f
 # including |s'[1:]| < 100 that the official MOPO code drops by a misplaced parenthesis.
 def hopper_done(next_obs: torch.Tensor) -> torch.Tensor:
     height, angle = next_obs[:, 0], next_obs[:, 1]
-    healthy = (torch.isfinite(next_obs).all(-1) & (next_obs[:, 1:].abs() < 100).all(-1)
-               & (height > 0.7) & (angle.abs() < 0.2))
+    healthy = (
+        torch.isfinite(next_obs).all(-1) & (next_obs[:, 1:].abs() < 100).all(-1) & (height > 0.7) & (angle.abs() < 0.2)
+    )
     return ~healthy
 
 
@@ -800,7 +1142,9 @@ def ant_done(next_obs: torch.Tensor) -> torch.Tensor:
 TERMINATION_FNS = {"Hopper": hopper_done, "Walker2d": walker2d_done, "HalfCheetah": halfcheetah_done, "Ant": ant_done}
 
 
-def learned_termination(data: OfflineData, steps: int = 2000, batch_size: int = 256) -> Callable[[torch.Tensor], torch.Tensor]:
+def learned_termination(
+    data: OfflineData, steps: int = 2000, batch_size: int = 256
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A classifier of the dataset's terminals on next observations, for tasks without a known rule."""
     obs_dim, device = data.next_observations.shape[1], data.rewards.device
     net = nn.Sequential(nn.Linear(obs_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)).to(device)
@@ -830,6 +1174,8 @@ def termination_fn(data: OfflineData) -> tuple[Callable[[torch.Tensor], torch.Te
     if data.terminals.any():
         return learned_termination(data), "learned from the dataset's terminals"
     return halfcheetah_done, "none (the dataset has no terminals)"
+
+
 # ---- end shared: termination ----
 
 
@@ -841,7 +1187,9 @@ class TanhGaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low: np.ndarray, action_high: np.ndarray):
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
+        self.trunk = nn.Sequential(
+            nn.Linear(obs_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
+        )
         self.head = nn.Linear(hidden_dim, 2 * act_dim)
         low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_scale", (high - low) / 2)
@@ -855,7 +1203,7 @@ class TanhGaussianActor(nn.Module):
         log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
         noise = torch.randn_like(mean)
         u = mean + log_std.exp() * noise
-        gauss_logp = (-0.5 * noise ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        gauss_logp = (-0.5 * noise**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
         # change of variables through tanh: log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))
         squash = (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
         log_prob = gauss_logp - squash - torch.log(self.action_scale).sum()
@@ -868,8 +1216,10 @@ class QEnsemble(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int = 2):
         super().__init__()
         self.net = nn.Sequential(
-            EnsembleLinear(obs_dim + act_dim, hidden_dim, members), nn.ReLU(),
-            EnsembleLinear(hidden_dim, hidden_dim, members), nn.ReLU(),
+            EnsembleLinear(obs_dim + act_dim, hidden_dim, members),
+            nn.ReLU(),
+            EnsembleLinear(hidden_dim, hidden_dim, members),
+            nn.ReLU(),
             EnsembleLinear(hidden_dim, 1, members),
         )
 
@@ -884,9 +1234,22 @@ class SAC(nn.Module):
     the losses as detached tensors (no device synchronisation).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden_dim: int = 256,
-                 actor_lr: float = 3e-4, critic_lr: float = 3e-4, alpha_lr: float = 3e-4, gamma: float = 0.99,
-                 tau: float = 0.005, target_entropy: Optional[float] = None, autotune: bool = True, alpha: float = 0.2):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: np.ndarray,
+        action_high: np.ndarray,
+        hidden_dim: int = 256,
+        actor_lr: float = 3e-4,
+        critic_lr: float = 3e-4,
+        alpha_lr: float = 3e-4,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        target_entropy: Optional[float] = None,
+        autotune: bool = True,
+        alpha: float = 0.2,
+    ):
         super().__init__()
         self.actor = TanhGaussianActor(obs_dim, act_dim, hidden_dim, action_low, action_high)
         self.critic = QEnsemble(obs_dim, act_dim, hidden_dim)
@@ -929,8 +1292,15 @@ class SAC(nn.Module):
         with torch.no_grad():
             for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
                 tp.lerp_(p, self.tau)
-        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "alpha": alpha,
-                "entropy": -logp.detach().mean(), "q_mean": q.detach().mean()}
+        return {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "alpha": alpha,
+            "entropy": -logp.detach().mean(),
+            "q_mean": q.detach().mean(),
+        }
+
+
 # ---- end shared: sac_agent ----
 
 
@@ -940,11 +1310,13 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.size, self.pos = capacity, 0, 0
-        self.data = {"observations": torch.zeros(capacity, obs_dim, device=device),
-                     "actions": torch.zeros(capacity, act_dim, device=device),
-                     "rewards": torch.zeros(capacity, device=device),
-                     "next_observations": torch.zeros(capacity, obs_dim, device=device),
-                     "terminals": torch.zeros(capacity, device=device)}
+        self.data = {
+            "observations": torch.zeros(capacity, obs_dim, device=device),
+            "actions": torch.zeros(capacity, act_dim, device=device),
+            "rewards": torch.zeros(capacity, device=device),
+            "next_observations": torch.zeros(capacity, obs_dim, device=device),
+            "terminals": torch.zeros(capacity, device=device),
+        }
 
     def add(self, observations, actions, rewards, next_observations, terminals) -> None:
         """Append a batch; the oldest transitions are overwritten when full."""
@@ -966,103 +1338,9 @@ class ReplayBuffer:
         self.size, self.pos = state["size"], state["pos"]
         for key, value in self.data.items():
             value[: self.size] = state[key].to(value.device)
+
+
 # ---- end shared: replay_buffer ----
-
-
-def dynamics_settings(args: Args) -> dict:
-    """The settings a trained ensemble depends on (its cache key, with the data and the seed)."""
-    return {"members": args.dynamics_members, "elites": args.dynamics_elites, "hidden_dim": args.dynamics_hidden_dim,
-            "hidden_layers": args.dynamics_hidden_layers, "batch_size": args.dynamics_batch_size, "lr": args.dynamics_lr,
-            "holdout_size": args.dynamics_holdout_size, "patience": args.dynamics_patience, "max_epochs": args.dynamics_max_epochs}
-
-
-def penalized_reward(reward: torch.Tensor, uncertainty: torch.Tensor, penalty_coef: float) -> torch.Tensor:
-    """Eq. 5: r̃ = r̂ - λ u."""
-    return reward - penalty_coef * uncertainty
-
-
-@torch.no_grad()
-def rollout(model: EnsembleDynamics, actor: TanhGaussianActor, start_obs: torch.Tensor, horizon: int,
-            done_fn: Callable, penalty_coef: float, uncertainty: str) -> tuple[tuple[torch.Tensor, ...], dict]:
-    """h-step rollouts of the current policy in the model; a rollout stops where it terminates."""
-    obs, steps = start_obs, []
-    for _ in range(horizon):
-        actions, _ = actor(obs)
-        next_obs, reward, u = model.step(obs, actions)
-        done = done_fn(next_obs)
-        steps.append((obs, actions, penalized_reward(reward, u[uncertainty], penalty_coef), next_obs, done.float(), u[uncertainty], reward))
-        obs = next_obs[~done]
-        if len(obs) == 0:
-            break
-    obs, actions, rewards, next_obs, terminals, u, raw = (torch.cat(x) for x in zip(*steps))
-    stats = {"rollout/uncertainty": u.mean(), "rollout/raw_reward": raw.mean(), "rollout/penalized_reward": rewards.mean(),
-             "rollout/terminal_rate": terminals.mean()}
-    return (obs, actions, rewards, next_obs, terminals), stats
-
-
-def main():
-    args = parse_args(Args)
-    if args.uncertainty not in ("aleatoric", "epistemic"):
-        sys.exit(f"error: --uncertainty must be aleatoric or epistemic, not {args.uncertainty!r}")
-    set_seed(args.seed)
-    device = pick_device(args.device, args.threads)
-    try:
-        data = load_dataset(args.dataset, device)
-    except DatasetError as e:
-        sys.exit(f"error: {e}")
-    obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
-    model = load_or_train_dynamics(data, dynamics_settings(args), args.seed,
-                                   args.dynamics_cache_dir or os.path.join(args.runs_dir, "dynamics"), args.dynamics_path, device)
-    done_fn, done_source = termination_fn(data)
-    print(f"termination: {done_source}")
-
-    probe = data.make_env()
-    agent = SAC(obs_dim, act_dim, probe.action_space.low, probe.action_space.high, args.hidden_dim, args.actor_lr,
-                args.critic_lr, args.alpha_lr, args.gamma, args.tau, args.target_entropy).to(device)
-    probe.close()
-    model_buffer = ReplayBuffer(args.rollout_batch_size * args.rollout_length * args.model_retain, obs_dim, act_dim, device)
-    real_batch = int(args.batch_size * args.real_ratio)
-    update = torch.compile(agent.update) if args.compile else agent.update
-
-    @torch.no_grad()
-    def act(obs: np.ndarray) -> np.ndarray:
-        return agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic=True)[0].cpu().numpy()
-
-    run_dir = make_run_dir(args, "mopo", args.dataset)
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    trained = {"agent": agent, **agent.optimizers(), "model_buffer": model_buffer}
-    step, history, train_time = 0, [], 0.0
-    if args.resume:
-        step, extra = load_checkpoint(checkpoint_path, trained)
-        history, train_time = extra["history"], extra["train_time"]
-    writer = make_writer(args, run_dir, step)
-
-    bar = tqdm(range(step + 1, args.num_updates + 1), desc="mopo", mininterval=2)
-    tick = time.time()
-    for step in bar:
-        if (step - 1) % args.rollout_every == 0:
-            start = data.observations[torch.randint(0, len(data.rewards), (args.rollout_batch_size,), device=device)]
-            batch, rollout_stats = rollout(model, agent.actor, start, args.rollout_length, done_fn, args.penalty_coef, args.uncertainty)
-            model_buffer.add(*batch)
-        real, imagined = data.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
-        logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
-
-        if step % args.log_every == 0:
-            for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
-                writer.add_scalar(key, value.item(), step)
-        if step % args.eval_every == 0 or step == args.num_updates:
-            train_time += time.time() - tick
-            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
-            record_evaluation(run_dir, writer, history, step, returns, data, "mopo", args.seed, train_time)
-            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
-            tick = time.time()
-        if step % args.checkpoint_every == 0 or step == args.num_updates:
-            save_checkpoint(checkpoint_path, step, trained, {"history": history, "train_time": train_time + time.time() - tick})
-
-    writer.close()
-    results = json.load(open(os.path.join(run_dir, "results.json")))
-    print(f"mopo on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
-          f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run directory {run_dir}")
 
 
 if __name__ == "__main__":

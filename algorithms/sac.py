@@ -26,8 +26,9 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import gymnasium as gym
 import numpy as np
@@ -91,6 +92,260 @@ class Args:
     """YAML file whose keys override these defaults (the command line still wins)"""
 
 
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy, rescaled to the action box."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low: np.ndarray, action_high: np.ndarray):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Linear(obs_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
+        )
+        self.mean = nn.Linear(hidden_dim, act_dim)
+        self.log_std = nn.Linear(hidden_dim, act_dim)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False):
+        """Action and its log-probability (Appendix C of the SAC paper: tanh change of variables)."""
+        h = self.trunk(obs)
+        mean = self.mean(h)
+        if deterministic:
+            return torch.tanh(mean) * self.action_scale + self.action_bias, None
+        log_std = self.log_std(h).clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+        std = log_std.exp()
+        u = mean + std * torch.randn_like(mean)
+        y = torch.tanh(u)
+        gauss_logp = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        # log(1 - tanh(u)^2) in a stable form: 2 (log 2 - u - softplus(-2u))
+        squash = (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        log_prob = gauss_logp - squash - torch.log(self.action_scale).sum()
+        return y * self.action_scale + self.action_bias, log_prob
+
+
+class DoubleCritic(nn.Module):
+    """The two Q-functions of SAC as one two-member ensemble: Q(s, a) has shape [2, batch]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int = 2):
+        super().__init__()
+        self.net = nn.Sequential(
+            EnsembleLinear(obs_dim + act_dim, hidden_dim, members),
+            nn.ReLU(),
+            EnsembleLinear(hidden_dim, hidden_dim, members),
+            nn.ReLU(),
+            EnsembleLinear(hidden_dim, 1, members),
+        )
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
+
+
+class ReplayBuffer:
+    """Transitions in environment order, kept as tensors on the device."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.size, self.pos, self.device = capacity, 0, 0, device
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, act_dim, device=device)
+        self.rewards = torch.zeros(capacity, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.terminals = torch.zeros(capacity, device=device)
+        self.timeouts = torch.zeros(capacity, device=device)
+
+    def add(self, obs, action, reward, next_obs, terminated, truncated) -> None:
+        i = self.pos
+        self.obs[i] = torch.as_tensor(obs, device=self.device)
+        self.actions[i] = torch.as_tensor(action, device=self.device)
+        self.rewards[i] = float(reward)
+        self.next_obs[i] = torch.as_tensor(next_obs, device=self.device)
+        self.terminals[i] = float(terminated)
+        self.timeouts[i] = float(truncated)
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminals[idx]
+
+    def save(self, path: str) -> None:
+        """Every stored transition, oldest first, as numpy arrays (D4RL key names)."""
+        order = torch.arange(self.size, device=self.device)
+        if self.size == self.capacity:
+            order = (order + self.pos) % self.capacity
+        arrays = dict(
+            observations=self.obs,
+            actions=self.actions,
+            rewards=self.rewards,
+            next_observations=self.next_obs,
+            terminals=self.terminals,
+            timeouts=self.timeouts,
+        )
+        np.savez(path, **{k: v[order].cpu().numpy() for k, v in arrays.items()})
+
+
+def main():
+    args = parse_args(Args)
+    set_seed(args.seed)
+    device = pick_device(args.device, args.threads)
+    try:
+        env = gym.make(args.env_id)
+    except Exception as e:
+        sys.exit(
+            f"error: cannot make environment {args.env_id!r} ({type(e).__name__}: {e}); check the id, or use "
+            "'module:EnvId' for a custom one"
+        )
+    if not isinstance(env.action_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        sys.exit(
+            f"error: SAC needs a flat Box observation and a continuous Box action space; {args.env_id} has "
+            f"{env.observation_space} and {env.action_space}"
+        )
+    env.action_space.seed(args.seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+
+    run_dir = make_run_dir(args, SCRIPT_NAME, args.env_id)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    writer = make_writer(args, run_dir)
+
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, env.action_space.low, env.action_space.high).to(device)
+    critic = DoubleCritic(obs_dim, act_dim, args.hidden_dim).to(device)
+    critic_target = DoubleCritic(obs_dim, act_dim, args.hidden_dim).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    critic_target.requires_grad_(False)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
+    target_entropy = -float(act_dim)
+    log_alpha = torch.zeros(1, device=device, requires_grad=True)
+    if not args.autotune:
+        log_alpha.data.fill_(np.log(args.alpha))
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
+    buffer = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
+
+    def update(obs, actions, rewards, next_obs, terminals):
+        alpha = log_alpha.exp().detach()
+        # soft Bellman target (Eq. 3 of the SAC paper, clipped double-Q)
+        with torch.no_grad():
+            next_actions, next_logp = actor(next_obs)
+            next_q = critic_target(next_obs, next_actions).min(0).values - alpha * next_logp
+            target_q = rewards + args.gamma * (1.0 - terminals) * next_q
+        critic_loss = ((critic(obs, actions) - target_q) ** 2).mean(1).sum()
+        critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        critic_opt.step()
+
+        # policy improvement (Eq. 7): minimise α log π(a|s) - min Q(s, a), a ~ π
+        pi_actions, logp = actor(obs)
+        actor_loss = (alpha * logp - critic(obs, pi_actions).min(0).values).mean()
+        actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        actor_opt.step()
+
+        # temperature (Eq. 18): keep the entropy near the target
+        alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+        if args.autotune:
+            alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            alpha_opt.step()
+
+        with torch.no_grad():
+            for p, tp in zip(critic.parameters(), critic_target.parameters()):
+                tp.lerp_(p, args.tau)
+        return critic_loss.detach(), actor_loss.detach(), alpha, -logp.detach().mean()
+
+    if args.compile:
+        update = torch.compile(update)
+
+    def policy_act(obs_batch: np.ndarray) -> np.ndarray:
+        action, _ = actor(torch.as_tensor(obs_batch, dtype=torch.float32, device=device), deterministic=True)
+        return action.cpu().numpy()
+
+    eval_history, episode_returns = [], []
+    obs, _ = env.reset(seed=args.seed)
+    episode_return, start = 0.0, time.time()
+    num_updates, update_time = 0, 0.0
+    for step in tqdm(range(1, args.total_timesteps + 1), desc=SCRIPT_NAME, mininterval=5):
+        if step <= args.learning_starts:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                action = (
+                    actor(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0][0].cpu().numpy()
+                )
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        episode_return += reward
+        obs = next_obs
+        if terminated or truncated:
+            episode_returns.append(episode_return)
+            writer.add_scalar("charts/episodic_return", episode_return, step)
+            obs, _ = env.reset()
+            episode_return = 0.0
+
+        if step > args.learning_starts:
+            t0 = time.time()
+            logs = update(*buffer.sample(args.batch_size))
+            update_time += time.time() - t0
+            num_updates += 1
+            if num_updates % 1000 == 0:
+                critic_loss, actor_loss, alpha, entropy = (x.item() for x in logs)
+                writer.add_scalar("losses/critic_loss", critic_loss, step)
+                writer.add_scalar("losses/actor_loss", actor_loss, step)
+                writer.add_scalar("losses/alpha", alpha, step)
+                writer.add_scalar("charts/entropy", entropy, step)
+                writer.add_scalar("charts/updates_per_second", num_updates / update_time, step)
+
+        if step % args.eval_every == 0 or step == args.total_timesteps:
+            returns = evaluate(
+                lambda: gym.make(args.env_id), policy_act, args.eval_episodes, seed=args.seed + 10_000 + step
+            )
+            eval_history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std())})
+            writer.add_scalar("eval/return", returns.mean(), step)
+            tqdm.write(f"step {step}: eval return {returns.mean():.1f} ± {returns.std():.1f}")
+            # a policy checkpoint the dataset generator can pick by its return
+            torch.save(
+                {
+                    "actor": actor.state_dict(),
+                    "step": step,
+                    "eval_return": float(returns.mean()),
+                    "env_id": args.env_id,
+                    "hidden_dim": args.hidden_dim,
+                },
+                os.path.join(ckpt_dir, f"actor_{step:08d}.pt"),
+            )
+            write_results(
+                run_dir,
+                {
+                    "algo": SCRIPT_NAME,
+                    "env_id": args.env_id,
+                    "seed": args.seed,
+                    "evaluations": eval_history,
+                    "last_return": eval_history[-1]["return"],
+                    "best_return": max(e["return"] for e in eval_history),
+                    "wall_time_s": time.time() - start,
+                    "updates_per_second": num_updates / max(update_time, 1e-9),
+                },
+            )
+
+    torch.save(
+        {
+            "actor": actor.state_dict(),
+            "critic": critic.state_dict(),
+            "critic_target": critic_target.state_dict(),
+            "log_alpha": log_alpha.detach(),
+            "step": args.total_timesteps,
+        },
+        os.path.join(run_dir, "final.pt"),
+    )
+    if args.save_replay_buffer:
+        buffer.save(os.path.join(run_dir, "replay_buffer.npz"))
+    writer.close()
+    env.close()
+    print(f"run directory: {run_dir}")
+
+
+# ======== shared blocks below: the plumbing every script carries, copied byte for byte (tools/sync_blocks.py) ========
 # ---- shared: config ----
 def parse_args(args_cls):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume).
@@ -115,8 +370,14 @@ def parse_args(args_cls):
         if flag == "--resume":
             path = os.path.join(path, "config.yaml")
         if not os.path.isfile(path):
-            sys.exit(f"error: {flag}: {path!r} does not exist; " + (
-                "pass the run directory of an earlier run" if flag == "--resume" else "pass a YAML file such as one in benchmarks/configs/"))
+            sys.exit(
+                f"error: {flag}: {path!r} does not exist; "
+                + (
+                    "pass the run directory of an earlier run"
+                    if flag == "--resume"
+                    else "pass a YAML file such as one in benchmarks/configs/"
+                )
+            )
         try:
             with open(path) as f:
                 overrides = yaml.safe_load(f) or {}
@@ -127,10 +388,16 @@ def parse_args(args_cls):
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
     return tyro.cli(args_cls, default=defaults)
+
+
 # ---- end shared: config ----
 
 
 # ---- shared: run ----
+# the run's name is the script's file name, so a copy (td3_bc_myloss.py) reports itself as such
+SCRIPT_NAME = os.path.splitext(os.path.basename(__file__))[0]
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -200,9 +467,17 @@ def write_results(run_dir: str, results: dict) -> None:
 
 def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
     """Everything needed to continue: state dicts, RNG states, the step and `extra` (e.g. history)."""
-    state = {"step": step, "objects": {k: v.state_dict() for k, v in objects.items()}, "extra": extra,
-             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    state = {
+        "step": step,
+        "objects": {k: v.state_dict() for k, v in objects.items()},
+        "extra": extra,
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
 
@@ -210,7 +485,10 @@ def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
 def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     """Restore what save_checkpoint wrote into `objects`; returns the step and `extra`."""
     if not os.path.isfile(path):
-        sys.exit(f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see --checkpoint-every)")
+        sys.exit(
+            f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see "
+            "--checkpoint-every)"
+        )
     state = torch.load(path, map_location="cpu", weights_only=False)
     for k, v in objects.items():
         v.load_state_dict(state["objects"][k])
@@ -220,12 +498,16 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["step"], state["extra"]
+
+
 # ---- end shared: run ----
 
 
 # ---- shared: evaluation ----
 @torch.no_grad()
-def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
+def evaluate(
+    make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int
+) -> np.ndarray:
     """Return of `episodes` full episodes run side by side in a vectorised environment.
 
     `act` maps a batch of raw observations to a batch of actions (deterministic policy).
@@ -246,6 +528,8 @@ def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.nda
 def normalized_score(returns, ref_min: float, ref_max: float):
     """D4RL's normalised score: 0 is the reference minimum (random), 100 the maximum (expert)."""
     return 100.0 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+
+
 # ---- end shared: evaluation ----
 
 
@@ -267,217 +551,9 @@ class EnsembleLinear(nn.Module):
         if x.dim() == 2:
             return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape), self.weight)
         return torch.baddbmm(self.bias, x, self.weight)
+
+
 # ---- end shared: ensemble_linear ----
-
-
-class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy, rescaled to the action box."""
-
-    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low: np.ndarray, action_high: np.ndarray):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
-        self.mean = nn.Linear(hidden_dim, act_dim)
-        self.log_std = nn.Linear(hidden_dim, act_dim)
-        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
-
-    def forward(self, obs: torch.Tensor, deterministic: bool = False):
-        """Action and its log-probability (Appendix C of the SAC paper: tanh change of variables)."""
-        h = self.trunk(obs)
-        mean = self.mean(h)
-        if deterministic:
-            return torch.tanh(mean) * self.action_scale + self.action_bias, None
-        log_std = self.log_std(h).clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
-        std = log_std.exp()
-        u = mean + std * torch.randn_like(mean)
-        y = torch.tanh(u)
-        gauss_logp = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-        # log(1 - tanh(u)^2) in a stable form: 2 (log 2 - u - softplus(-2u))
-        squash = (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        log_prob = gauss_logp - squash - torch.log(self.action_scale).sum()
-        return y * self.action_scale + self.action_bias, log_prob
-
-
-class DoubleCritic(nn.Module):
-    """The two Q-functions of SAC as one two-member ensemble: Q(s, a) has shape [2, batch]."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int = 2):
-        super().__init__()
-        self.net = nn.Sequential(
-            EnsembleLinear(obs_dim + act_dim, hidden_dim, members), nn.ReLU(),
-            EnsembleLinear(hidden_dim, hidden_dim, members), nn.ReLU(),
-            EnsembleLinear(hidden_dim, 1, members),
-        )
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
-
-
-class ReplayBuffer:
-    """Transitions in environment order, kept as tensors on the device."""
-
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
-        self.capacity, self.size, self.pos, self.device = capacity, 0, 0, device
-        self.obs = torch.zeros(capacity, obs_dim, device=device)
-        self.actions = torch.zeros(capacity, act_dim, device=device)
-        self.rewards = torch.zeros(capacity, device=device)
-        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
-        self.terminals = torch.zeros(capacity, device=device)
-        self.timeouts = torch.zeros(capacity, device=device)
-
-    def add(self, obs, action, reward, next_obs, terminated, truncated) -> None:
-        i = self.pos
-        self.obs[i] = torch.as_tensor(obs, device=self.device)
-        self.actions[i] = torch.as_tensor(action, device=self.device)
-        self.rewards[i] = float(reward)
-        self.next_obs[i] = torch.as_tensor(next_obs, device=self.device)
-        self.terminals[i] = float(terminated)
-        self.timeouts[i] = float(truncated)
-        self.pos = (self.pos + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
-
-    def sample(self, batch_size: int):
-        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminals[idx]
-
-    def save(self, path: str) -> None:
-        """Every stored transition, oldest first, as numpy arrays (D4RL key names)."""
-        order = torch.arange(self.size, device=self.device)
-        if self.size == self.capacity:
-            order = (order + self.pos) % self.capacity
-        arrays = dict(observations=self.obs, actions=self.actions, rewards=self.rewards,
-                      next_observations=self.next_obs, terminals=self.terminals, timeouts=self.timeouts)
-        np.savez(path, **{k: v[order].cpu().numpy() for k, v in arrays.items()})
-
-
-def main():
-    args = parse_args(Args)
-    set_seed(args.seed)
-    device = pick_device(args.device, args.threads)
-    try:
-        env = gym.make(args.env_id)
-    except Exception as e:
-        sys.exit(f"error: cannot make environment {args.env_id!r} ({type(e).__name__}: {e}); check the id, or use 'module:EnvId' for a custom one")
-    if not isinstance(env.action_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        sys.exit(f"error: SAC needs a flat Box observation and a continuous Box action space; {args.env_id} has {env.observation_space} and {env.action_space}")
-    env.action_space.seed(args.seed)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-
-    run_dir = make_run_dir(args, "sac", args.env_id)
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    writer = make_writer(args, run_dir)
-
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, env.action_space.low, env.action_space.high).to(device)
-    critic = DoubleCritic(obs_dim, act_dim, args.hidden_dim).to(device)
-    critic_target = DoubleCritic(obs_dim, act_dim, args.hidden_dim).to(device)
-    critic_target.load_state_dict(critic.state_dict())
-    critic_target.requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
-    target_entropy = -float(act_dim)
-    log_alpha = torch.zeros(1, device=device, requires_grad=True)
-    if not args.autotune:
-        log_alpha.data.fill_(np.log(args.alpha))
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
-    buffer = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-
-    def update(obs, actions, rewards, next_obs, terminals):
-        alpha = log_alpha.exp().detach()
-        # soft Bellman target (Eq. 3 of the SAC paper, clipped double-Q)
-        with torch.no_grad():
-            next_actions, next_logp = actor(next_obs)
-            next_q = critic_target(next_obs, next_actions).min(0).values - alpha * next_logp
-            target_q = rewards + args.gamma * (1.0 - terminals) * next_q
-        critic_loss = ((critic(obs, actions) - target_q) ** 2).mean(1).sum()
-        critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        critic_opt.step()
-
-        # policy improvement (Eq. 7): minimise α log π(a|s) - min Q(s, a), a ~ π
-        pi_actions, logp = actor(obs)
-        actor_loss = (alpha * logp - critic(obs, pi_actions).min(0).values).mean()
-        actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_opt.step()
-
-        # temperature (Eq. 18): keep the entropy near the target
-        alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
-        if args.autotune:
-            alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            alpha_opt.step()
-
-        with torch.no_grad():
-            for p, tp in zip(critic.parameters(), critic_target.parameters()):
-                tp.lerp_(p, args.tau)
-        return critic_loss.detach(), actor_loss.detach(), alpha, -logp.detach().mean()
-
-    if args.compile:
-        update = torch.compile(update)
-
-    def policy_act(obs_batch: np.ndarray) -> np.ndarray:
-        action, _ = actor(torch.as_tensor(obs_batch, dtype=torch.float32, device=device), deterministic=True)
-        return action.cpu().numpy()
-
-    eval_history, episode_returns = [], []
-    obs, _ = env.reset(seed=args.seed)
-    episode_return, start = 0.0, time.time()
-    num_updates, update_time = 0, 0.0
-    for step in tqdm(range(1, args.total_timesteps + 1), desc="sac", mininterval=5):
-        if step <= args.learning_starts:
-            action = env.action_space.sample()
-        else:
-            with torch.no_grad():
-                action = actor(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0][0].cpu().numpy()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        buffer.add(obs, action, reward, next_obs, terminated, truncated)
-        episode_return += reward
-        obs = next_obs
-        if terminated or truncated:
-            episode_returns.append(episode_return)
-            writer.add_scalar("charts/episodic_return", episode_return, step)
-            obs, _ = env.reset()
-            episode_return = 0.0
-
-        if step > args.learning_starts:
-            t0 = time.time()
-            logs = update(*buffer.sample(args.batch_size))
-            update_time += time.time() - t0
-            num_updates += 1
-            if num_updates % 1000 == 0:
-                critic_loss, actor_loss, alpha, entropy = (x.item() for x in logs)
-                writer.add_scalar("losses/critic_loss", critic_loss, step)
-                writer.add_scalar("losses/actor_loss", actor_loss, step)
-                writer.add_scalar("losses/alpha", alpha, step)
-                writer.add_scalar("charts/entropy", entropy, step)
-                writer.add_scalar("charts/updates_per_second", num_updates / update_time, step)
-
-        if step % args.eval_every == 0 or step == args.total_timesteps:
-            returns = evaluate(lambda: gym.make(args.env_id), policy_act, args.eval_episodes, seed=args.seed + 10_000 + step)
-            eval_history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std())})
-            writer.add_scalar("eval/return", returns.mean(), step)
-            tqdm.write(f"step {step}: eval return {returns.mean():.1f} ± {returns.std():.1f}")
-            # a policy checkpoint the dataset generator can pick by its return
-            torch.save({"actor": actor.state_dict(), "step": step, "eval_return": float(returns.mean()),
-                        "env_id": args.env_id, "hidden_dim": args.hidden_dim},
-                       os.path.join(ckpt_dir, f"actor_{step:08d}.pt"))
-            write_results(run_dir, {
-                "algo": "sac", "env_id": args.env_id, "seed": args.seed, "evaluations": eval_history,
-                "last_return": eval_history[-1]["return"], "best_return": max(e["return"] for e in eval_history),
-                "wall_time_s": time.time() - start, "updates_per_second": num_updates / max(update_time, 1e-9),
-            })
-
-    torch.save({"actor": actor.state_dict(), "critic": critic.state_dict(), "critic_target": critic_target.state_dict(),
-                "log_alpha": log_alpha.detach(), "step": args.total_timesteps}, os.path.join(run_dir, "final.pt"))
-    if args.save_replay_buffer:
-        buffer.save(os.path.join(run_dir, "replay_buffer.npz"))
-    writer.close()
-    env.close()
-    print(f"run directory: {run_dir}")
 
 
 if __name__ == "__main__":

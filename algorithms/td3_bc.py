@@ -23,8 +23,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import gymnasium as gym
 import h5py
@@ -92,6 +93,188 @@ class Args:
     """YAML file whose keys override these defaults (the command line still wins)"""
 
 
+class Actor(nn.Module):
+    """Deterministic policy: MLP with a tanh output rescaled to the action box."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low: np.ndarray, action_high: np.ndarray):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, act_dim),
+            nn.Tanh(),
+        )
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs) * self.action_scale + self.action_bias
+
+
+class DoubleCritic(nn.Module):
+    """TD3's two Q-functions as one two-member ensemble: Q(s, a) has shape [2, batch]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int = 2):
+        super().__init__()
+        self.net = nn.Sequential(
+            EnsembleLinear(obs_dim + act_dim, hidden_dim, members),
+            nn.ReLU(),
+            EnsembleLinear(hidden_dim, hidden_dim, members),
+            nn.ReLU(),
+            EnsembleLinear(hidden_dim, 1, members),
+        )
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
+
+    def q1_frozen(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q1 alone with its weights detached: the actor loss needs dQ1/da, not the critic's
+        weight gradients, nor the second member (half the work of `forward`)."""
+        x = torch.cat([obs, action], -1)
+        for layer in self.net:
+            x = (
+                torch.addmm(layer.bias[0].detach(), x, layer.weight[0].detach())
+                if isinstance(layer, EnsembleLinear)
+                else layer(x)
+            )
+        return x.squeeze(-1)
+
+
+def critic_loss_fn(critic, critic_target, actor_target, batch, gamma: float, policy_noise: float, noise_clip: float):
+    """Clipped double Q-learning with target policy smoothing (TD3), summed over both critics."""
+    obs, actions, rewards, next_obs, terminals = batch
+    with torch.no_grad():
+        scale = actor_target.action_scale
+        noise = (torch.randn_like(actions) * policy_noise).clamp(-noise_clip, noise_clip) * scale
+        low, high = actor_target.action_bias - scale, actor_target.action_bias + scale
+        next_actions = torch.maximum(torch.minimum(actor_target(next_obs) + noise, high), low)
+        target_q = rewards + gamma * (1.0 - terminals) * critic_target(next_obs, next_actions).min(0).values
+    q = critic(obs, actions)
+    return ((q - target_q) ** 2).mean(1).sum(), q.detach()
+
+
+def actor_loss_fn(actor, critic, obs, actions, alpha: float):
+    """Eq. 3: maximise λ Q1(s, π(s)) - (π(s) - a)², with λ = α / mean|Q1| (λ is not differentiated)."""
+    pi = actor(obs)
+    q = critic.q1_frozen(obs, pi)
+    lmbda = alpha / q.abs().mean().detach()
+    bc = ((pi - actions) ** 2).mean()
+    return -lmbda * q.mean() + bc, bc.detach()
+
+
+def main():
+    args = parse_args(Args)
+    set_seed(args.seed)
+    device = pick_device(args.device, args.threads)
+    try:
+        data = load_dataset(args.dataset, device)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
+    obs_mean, obs_std = (
+        observation_stats(data)
+        if args.normalize_observations
+        else (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
+    )
+    normalize_observations(data, obs_mean, obs_std)
+    probe = data.make_env()
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, probe.action_space.low, probe.action_space.high).to(device)
+    probe.close()
+    critic = DoubleCritic(obs_dim, act_dim, args.hidden_dim).to(device)
+    actor_target, critic_target = (
+        copy.deepcopy(actor).requires_grad_(False),
+        copy.deepcopy(critic).requires_grad_(False),
+    )
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
+
+    def update(batch, update_actor: bool):
+        critic_loss, q = critic_loss_fn(
+            critic, critic_target, actor_target, batch, args.gamma, args.policy_noise, args.noise_clip
+        )
+        critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        critic_opt.step()
+        if not update_actor:
+            return critic_loss.detach(), q.mean(), None, None
+        actor_loss, bc = actor_loss_fn(actor, critic, batch[0], batch[1], args.alpha)
+        actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        actor_opt.step()
+        with torch.no_grad():  # Polyak averaging of both targets
+            for net, target in ((actor, actor_target), (critic, critic_target)):
+                for p, tp in zip(net.parameters(), target.parameters()):
+                    tp.lerp_(p, args.tau)
+        return critic_loss.detach(), q.mean(), actor_loss.detach(), bc
+
+    if args.compile:
+        update = torch.compile(update)
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs = (torch.as_tensor(obs, dtype=torch.float32, device=device) - obs_mean) / obs_std
+        return actor(obs).cpu().numpy()
+
+    run_dir = make_run_dir(args, SCRIPT_NAME, args.dataset)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    trained = {
+        "actor": actor,
+        "critic": critic,
+        "actor_target": actor_target,
+        "critic_target": critic_target,
+        "actor_opt": actor_opt,
+        "critic_opt": critic_opt,
+    }
+    step, history, train_time = 0, [], 0.0
+    if args.resume:
+        step, extra = load_checkpoint(checkpoint_path, trained)
+        history, train_time = extra["history"], extra["train_time"]
+    writer = make_writer(args, run_dir, step)
+
+    bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
+    tick = time.time()
+    for step in bar:
+        logs = update(data.sample(args.batch_size), update_actor=step % args.policy_freq == 0)
+
+        if step % args.log_every == 0:
+            critic_loss, q_mean, actor_loss, bc = logs
+            writer.add_scalar("losses/critic_loss", critic_loss.item(), step)
+            writer.add_scalar("losses/q_mean", q_mean.item(), step)
+            if actor_loss is not None:
+                writer.add_scalar("losses/actor_loss", actor_loss.item(), step)
+                writer.add_scalar("losses/bc_loss", bc.item(), step)
+        if step % args.eval_every == 0 or step == args.num_updates:
+            train_time += time.time() - tick
+            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
+            record_evaluation(run_dir, writer, history, step, returns, data, SCRIPT_NAME, args.seed, train_time)
+            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
+            tick = time.time()
+        if step % args.checkpoint_every == 0 or step == args.num_updates:
+            save_checkpoint(
+                checkpoint_path,
+                step,
+                trained,
+                {
+                    "history": history,
+                    "train_time": train_time + time.time() - tick,
+                    "obs_mean": obs_mean.cpu(),
+                    "obs_std": obs_std.cpu(),
+                },
+            )
+
+    writer.close()
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    print(
+        f"{SCRIPT_NAME} on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
+        f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run "
+        f"directory {run_dir}"
+    )
+
+
+# ======== shared blocks below: the plumbing every script carries, copied byte for byte (tools/sync_blocks.py) ========
 # ---- shared: config ----
 def parse_args(args_cls):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume).
@@ -116,8 +299,14 @@ def parse_args(args_cls):
         if flag == "--resume":
             path = os.path.join(path, "config.yaml")
         if not os.path.isfile(path):
-            sys.exit(f"error: {flag}: {path!r} does not exist; " + (
-                "pass the run directory of an earlier run" if flag == "--resume" else "pass a YAML file such as one in benchmarks/configs/"))
+            sys.exit(
+                f"error: {flag}: {path!r} does not exist; "
+                + (
+                    "pass the run directory of an earlier run"
+                    if flag == "--resume"
+                    else "pass a YAML file such as one in benchmarks/configs/"
+                )
+            )
         try:
             with open(path) as f:
                 overrides = yaml.safe_load(f) or {}
@@ -128,10 +317,16 @@ def parse_args(args_cls):
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
     return tyro.cli(args_cls, default=defaults)
+
+
 # ---- end shared: config ----
 
 
 # ---- shared: run ----
+# the run's name is the script's file name, so a copy (td3_bc_myloss.py) reports itself as such
+SCRIPT_NAME = os.path.splitext(os.path.basename(__file__))[0]
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -201,9 +396,17 @@ def write_results(run_dir: str, results: dict) -> None:
 
 def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
     """Everything needed to continue: state dicts, RNG states, the step and `extra` (e.g. history)."""
-    state = {"step": step, "objects": {k: v.state_dict() for k, v in objects.items()}, "extra": extra,
-             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    state = {
+        "step": step,
+        "objects": {k: v.state_dict() for k, v in objects.items()},
+        "extra": extra,
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
 
@@ -211,7 +414,10 @@ def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
 def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     """Restore what save_checkpoint wrote into `objects`; returns the step and `extra`."""
     if not os.path.isfile(path):
-        sys.exit(f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see --checkpoint-every)")
+        sys.exit(
+            f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see "
+            "--checkpoint-every)"
+        )
     state = torch.load(path, map_location="cpu", weights_only=False)
     for k, v in objects.items():
         v.load_state_dict(state["objects"][k])
@@ -221,6 +427,8 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["step"], state["extra"]
+
+
 # ---- end shared: run ----
 
 
@@ -233,7 +441,9 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
 #   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
 #   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
-D4RL_NAME = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v2$")
+D4RL_NAME = re.compile(
+    r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v2$"
+)
 D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns (random, expert)
     "halfcheetah": ("HalfCheetah-v4", {}, -280.178953, 12135.0),
     "hopper": ("Hopper-v4", {}, -20.272305, 3234.3),
@@ -263,7 +473,13 @@ class OfflineData:
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
         idx = torch.randint(0, len(self.rewards), (batch_size,), device=self.rewards.device)
-        return self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx], self.terminals[idx]
+        return (
+            self.observations[idx],
+            self.actions[idx],
+            self.rewards[idx],
+            self.next_observations[idx],
+            self.terminals[idx],
+        )
 
 
 def transitions_from_arrays(arrays: dict, source: str) -> dict:
@@ -278,19 +494,29 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
     """
     for key in ("observations", "actions", "rewards", "terminals"):
         if key not in arrays:
-            raise DatasetError(f"{source} has no '{key}' array; a D4RL-layout file needs observations, actions, rewards, terminals and timeouts")
+            raise DatasetError(
+                f"{source} has no '{key}' array; a D4RL-layout file needs observations, actions, rewards, terminals "
+                "and timeouts"
+            )
     if "timeouts" not in arrays and "next_observations" not in arrays:
-        raise DatasetError(f"{source} has neither 'timeouts' nor 'next_observations', so episode ends cannot be told apart from time-limit cuts; add a 'timeouts' array")
+        raise DatasetError(
+            f"{source} has neither 'timeouts' nor 'next_observations', so episode ends cannot be told apart from "
+            "time-limit cuts; add a 'timeouts' array"
+        )
     arrays = {k: v for k, v in arrays.items() if np.ndim(v) > 0}  # scalar entries are metadata, not data
     n = len(arrays["observations"])
     for key, value in arrays.items():
         if key in ("rewards", "terminals", "timeouts") and value.ndim > 1 and value.size != len(value):
             raise DatasetError(f"{source}: '{key}' has shape {value.shape}; it must hold one value per step")
         if len(value) != n:
-            raise DatasetError(f"{source}: '{key}' has {len(value)} rows but 'observations' has {n}; the file is inconsistent")
+            raise DatasetError(
+                f"{source}: '{key}' has {len(value)} rows but 'observations' has {n}; the file is inconsistent"
+            )
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             bad = int((~np.isfinite(value)).reshape(n, -1).any(1).sum()) if n else 0
-            raise DatasetError(f"{source}: '{key}' holds NaN or inf in {bad} rows; clean the data before training on it")
+            raise DatasetError(
+                f"{source}: '{key}' holds NaN or inf in {bad} rows; clean the data before training on it"
+            )
     if n == 0:
         raise DatasetError(f"{source} holds no transitions")
     obs = arrays["observations"].astype(np.float32).reshape(n, -1)
@@ -309,16 +535,26 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
         keep = np.ones(n, dtype=bool)
         next_obs = arrays["next_observations"].astype(np.float32).reshape(n, -1)
         if next_obs.shape[1] != obs.shape[1]:
-            raise DatasetError(f"{source}: 'next_observations' have dim {next_obs.shape[1]} but 'observations' have {obs.shape[1]}")
+            raise DatasetError(
+                f"{source}: 'next_observations' have dim {next_obs.shape[1]} but 'observations' have {obs.shape[1]}"
+            )
     else:
         keep = ~ends | terminals  # a cut step has no successor in its own episode
         next_obs = np.concatenate([obs[1:], obs[-1:]])
         next_obs[terminals] = obs[terminals]
     if not keep.any():
-        raise DatasetError(f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no next_observations")
-    return dict(observations=obs[keep], actions=actions[keep], rewards=rewards[keep],
-                next_observations=next_obs[keep], terminals=terminals[keep].astype(np.float32),
-                episode_returns=episode_returns)
+        raise DatasetError(
+            f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no "
+            "next_observations"
+        )
+    return dict(
+        observations=obs[keep],
+        actions=actions[keep],
+        rewards=rewards[keep],
+        next_observations=next_obs[keep],
+        terminals=terminals[keep].astype(np.float32),
+        episode_returns=episode_returns,
+    )
 
 
 def read_hdf5(path: str) -> tuple[dict, dict]:
@@ -328,7 +564,10 @@ def read_hdf5(path: str) -> tuple[dict, dict]:
             arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     except (OSError, KeyError, ValueError) as e:
-        raise DatasetError(f"{path} is not a readable HDF5 file ({e}); it may be truncated or corrupt: delete it and download or generate it again")
+        raise DatasetError(
+            f"{path} is not a readable HDF5 file ({e}); it may be truncated or corrupt: delete it and download or "
+            "generate it again"
+        )
     return arrays, attrs
 
 
@@ -348,7 +587,10 @@ def download(url: str, path: str) -> None:
     except (OSError, urllib.error.URLError) as e:
         if os.path.exists(path + ".part"):
             os.remove(path + ".part")
-        raise DatasetError(f"could not download {url} ({e}); download it on a machine with network and put it at {path} (or point D4RL_DATASET_DIR at its folder)")
+        raise DatasetError(
+            f"could not download {url} ({e}); download it on a machine with network and put it at {path} (or point "
+            "D4RL_DATASET_DIR at its folder)"
+        )
     os.replace(path + ".part", path)
 
 
@@ -362,8 +604,10 @@ def check_env(data: dict, make_env: Callable[[], gym.Env], source: str) -> None:
     env.close()
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
         raise DatasetError(
-            f"{source} has observations of dim {data['observations'].shape[1]} and actions of dim {data['actions'].shape[1]}, "
-            f"but its environment has {obs_dim} and {act_dim}; the data belongs to another environment (or version)")
+            f"{source} has observations of dim {data['observations'].shape[1]} and actions of dim "
+            f"{data['actions'].shape[1]}, "
+            f"but its environment has {obs_dim} and {act_dim}; the data belongs to another environment (or version)"
+        )
 
 
 def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, float]:
@@ -374,8 +618,10 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
     try:
         dataset = minari.load_dataset(dataset_id, download=True)
     except Exception as e:
-        raise DatasetError(f"cannot load Minari dataset {dataset_id!r} ({type(e).__name__}: {e}); check the id, or with no network "
-                           f"copy it into {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}")
+        raise DatasetError(
+            f"cannot load Minari dataset {dataset_id!r} ({type(e).__name__}: {e}); check the id, or with no network "
+            f"copy it into {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}"
+        )
     columns = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
     for episode in dataset.iterate_episodes():
         if isinstance(episode.observations, dict):
@@ -390,7 +636,9 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
     metadata = dataset.storage.metadata
     ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
     if ref_min is None or ref_max is None:
-        print(f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr)
+        print(
+            f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr
+        )
         ref_min, ref_max = float("nan"), float("nan")
     return arrays, lambda: dataset.recover_environment(eval_env=True), float(ref_min), float(ref_max)
 
@@ -398,29 +646,40 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
 def shipped_path(name: str) -> str:
     """Where a shipped dataset lives: $SHIPPED_DATASETS_DIR, else datasets/shipped/ of this project."""
     here = os.path.dirname(os.path.abspath(__file__))
-    folders = [os.environ.get("SHIPPED_DATASETS_DIR", ""), os.path.join(here, "..", "datasets", "shipped"), os.path.join("datasets", "shipped")]
+    folders = [
+        os.environ.get("SHIPPED_DATASETS_DIR", ""),
+        os.path.join(here, "..", "datasets", "shipped"),
+        os.path.join("datasets", "shipped"),
+    ]
     for folder in filter(None, folders):
         path = os.path.join(folder, name + ".hdf5")
         if os.path.isfile(path):
             return path
-    raise DatasetError(f"shipped dataset {name!r} not found in {[f for f in folders if f]}; run from the project root, "
-                       "set SHIPPED_DATASETS_DIR to the folder that holds it, or pass the .hdf5 path itself")
+    raise DatasetError(
+        f"shipped dataset {name!r} not found in {[f for f in folders if f]}; run from the project root, "
+        "set SHIPPED_DATASETS_DIR to the folder that holds it, or pass the .hdf5 path itself"
+    )
 
 
 def load_dataset(name: str, device: torch.device) -> OfflineData:
     """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
     if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
-        path = shipped_path(name[len(SHIPPED_PREFIX):]) if name.startswith(SHIPPED_PREFIX) else name
+        path = shipped_path(name[len(SHIPPED_PREFIX) :]) if name.startswith(SHIPPED_PREFIX) else name
         if not os.path.isfile(path):
             raise DatasetError(f"dataset file {path!r} does not exist")
         arrays, attrs = read_hdf5(path)
         if "env_id" not in attrs:
-            raise DatasetError(f"{path} does not name its environment; set the file attribute env_id (and ref_min_score, ref_max_score)")
+            raise DatasetError(
+                f"{path} does not name its environment; set the file attribute env_id (and ref_min_score, "
+                "ref_max_score)"
+            )
         try:
             env_id, env_kwargs = str(attrs["env_id"]), json.loads(attrs.get("env_kwargs", "{}"))
             ref_min, ref_max = float(attrs.get("ref_min_score", np.nan)), float(attrs.get("ref_max_score", np.nan))
         except (ValueError, TypeError) as e:
-            raise DatasetError(f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers")
+            raise DatasetError(
+                f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers"
+            )
         make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
     elif D4RL_NAME.match(name):
         env_id, env_kwargs, ref_min, ref_max = D4RL_ENVS[name.split("-")[0]]
@@ -434,13 +693,23 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
     elif name.count("/") >= 2:
         arrays, make_env, ref_min, ref_max = load_minari(name)
     else:
-        raise DatasetError(f"unknown dataset {name!r}: use a D4RL name (hopper-medium-replay-v2), a Minari id "
-                           "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)")
+        raise DatasetError(
+            f"unknown dataset {name!r}: use a D4RL name (hopper-medium-replay-v2), a Minari id "
+            "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)"
+        )
     data = transitions_from_arrays(arrays, name)
     check_env(data, make_env, name)
     tensors = {k: torch.as_tensor(v, device=device) for k, v in data.items() if k != "episode_returns"}
-    return OfflineData(name=name, **tensors, episode_returns=data["episode_returns"], make_env=make_env,
-                       ref_min_score=ref_min, ref_max_score=ref_max)
+    return OfflineData(
+        name=name,
+        **tensors,
+        episode_returns=data["episode_returns"],
+        make_env=make_env,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+    )
+
+
 # ---- end shared: dataset ----
 
 
@@ -453,12 +722,16 @@ def observation_stats(data: OfflineData, eps: float = 1e-3) -> tuple[torch.Tenso
 def normalize_observations(data: OfflineData, mean: torch.Tensor, std: torch.Tensor) -> None:
     data.observations = (data.observations - mean) / std
     data.next_observations = (data.next_observations - mean) / std
+
+
 # ---- end shared: normalization ----
 
 
 # ---- shared: evaluation ----
 @torch.no_grad()
-def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> np.ndarray:
+def evaluate(
+    make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int
+) -> np.ndarray:
     """Return of `episodes` full episodes run side by side in a vectorised environment.
 
     `act` maps a batch of raw observations to a batch of actions (deterministic policy).
@@ -479,27 +752,58 @@ def evaluate(make_env: Callable[[], gym.Env], act: Callable[[np.ndarray], np.nda
 def normalized_score(returns, ref_min: float, ref_max: float):
     """D4RL's normalised score: 0 is the reference minimum (random), 100 the maximum (expert)."""
     return 100.0 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+
+
 # ---- end shared: evaluation ----
 
 
 # ---- shared: offline_results ----
-def record_evaluation(run_dir: str, writer: SummaryWriter, history: list, step: int, returns: np.ndarray,
-                      data: OfflineData, algo: str, seed: int, train_time: float) -> None:
+def record_evaluation(
+    run_dir: str,
+    writer: SummaryWriter,
+    history: list,
+    step: int,
+    returns: np.ndarray,
+    data: OfflineData,
+    algo: str,
+    seed: int,
+    train_time: float,
+) -> None:
     """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far."""
     scores = normalized_score(returns, data.ref_min_score, data.ref_max_score)
-    history.append({"step": step, "return": float(returns.mean()), "return_std": float(returns.std()),
-                    "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std())})
+    history.append(
+        {
+            "step": step,
+            "return": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "normalized_score": float(scores.mean()),
+            "normalized_score_std": float(scores.std()),
+        }
+    )
     writer.add_scalar("eval/return", returns.mean(), step)
     writer.add_scalar("eval/normalized_score", scores.mean(), step)
     writer.add_scalar("charts/updates_per_second", step / max(train_time, 1e-9), step)
-    write_results(run_dir, {
-        "algo": algo, "dataset": data.name, "seed": seed, "evaluations": history,
-        "last_normalized_score": history[-1]["normalized_score"],
-        "best_normalized_score": max(h["normalized_score"] for h in history),
-        "last_return": history[-1]["return"], "best_return": max(h["return"] for h in history),
-        "behaviour_return": float(data.episode_returns.mean()),
-        "behaviour_normalized_score": float(normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)),
-        "train_time_s": train_time, "updates_per_second": step / max(train_time, 1e-9)})
+    write_results(
+        run_dir,
+        {
+            "algo": algo,
+            "dataset": data.name,
+            "seed": seed,
+            "evaluations": history,
+            "last_normalized_score": history[-1]["normalized_score"],
+            "best_normalized_score": max(h["normalized_score"] for h in history),
+            "last_return": history[-1]["return"],
+            "best_return": max(h["return"] for h in history),
+            "behaviour_return": float(data.episode_returns.mean()),
+            "behaviour_normalized_score": float(
+                normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)
+            ),
+            "train_time_s": train_time,
+            "updates_per_second": step / max(train_time, 1e-9),
+        },
+    )
+
+
 # ---- end shared: offline_results ----
 
 
@@ -521,150 +825,9 @@ class EnsembleLinear(nn.Module):
         if x.dim() == 2:
             return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], *x.shape), self.weight)
         return torch.baddbmm(self.bias, x, self.weight)
+
+
 # ---- end shared: ensemble_linear ----
-
-
-class Actor(nn.Module):
-    """Deterministic policy: MLP with a tanh output rescaled to the action box."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low: np.ndarray, action_high: np.ndarray):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(obs_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
-                                 nn.Linear(hidden_dim, act_dim), nn.Tanh())
-        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs) * self.action_scale + self.action_bias
-
-
-class DoubleCritic(nn.Module):
-    """TD3's two Q-functions as one two-member ensemble: Q(s, a) has shape [2, batch]."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int = 2):
-        super().__init__()
-        self.net = nn.Sequential(
-            EnsembleLinear(obs_dim + act_dim, hidden_dim, members), nn.ReLU(),
-            EnsembleLinear(hidden_dim, hidden_dim, members), nn.ReLU(),
-            EnsembleLinear(hidden_dim, 1, members),
-        )
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
-
-    def q1_frozen(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q1 alone with its weights detached: the actor loss needs dQ1/da, not the critic's
-        weight gradients, nor the second member (half the work of `forward`)."""
-        x = torch.cat([obs, action], -1)
-        for layer in self.net:
-            x = torch.addmm(layer.bias[0].detach(), x, layer.weight[0].detach()) if isinstance(layer, EnsembleLinear) else layer(x)
-        return x.squeeze(-1)
-
-
-def critic_loss_fn(critic, critic_target, actor_target, batch, gamma: float, policy_noise: float, noise_clip: float):
-    """Clipped double Q-learning with target policy smoothing (TD3), summed over both critics."""
-    obs, actions, rewards, next_obs, terminals = batch
-    with torch.no_grad():
-        scale = actor_target.action_scale
-        noise = (torch.randn_like(actions) * policy_noise).clamp(-noise_clip, noise_clip) * scale
-        low, high = actor_target.action_bias - scale, actor_target.action_bias + scale
-        next_actions = torch.maximum(torch.minimum(actor_target(next_obs) + noise, high), low)
-        target_q = rewards + gamma * (1.0 - terminals) * critic_target(next_obs, next_actions).min(0).values
-    q = critic(obs, actions)
-    return ((q - target_q) ** 2).mean(1).sum(), q.detach()
-
-
-def actor_loss_fn(actor, critic, obs, actions, alpha: float):
-    """Eq. 3: maximise λ Q1(s, π(s)) - (π(s) - a)², with λ = α / mean|Q1| (λ is not differentiated)."""
-    pi = actor(obs)
-    q = critic.q1_frozen(obs, pi)
-    lmbda = alpha / q.abs().mean().detach()
-    bc = ((pi - actions) ** 2).mean()
-    return -lmbda * q.mean() + bc, bc.detach()
-
-
-def main():
-    args = parse_args(Args)
-    set_seed(args.seed)
-    device = pick_device(args.device, args.threads)
-    try:
-        data = load_dataset(args.dataset, device)
-    except DatasetError as e:
-        sys.exit(f"error: {e}")
-    obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
-    obs_mean, obs_std = observation_stats(data) if args.normalize_observations else (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
-    normalize_observations(data, obs_mean, obs_std)
-    probe = data.make_env()
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, probe.action_space.low, probe.action_space.high).to(device)
-    probe.close()
-    critic = DoubleCritic(obs_dim, act_dim, args.hidden_dim).to(device)
-    actor_target, critic_target = copy.deepcopy(actor).requires_grad_(False), copy.deepcopy(critic).requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
-
-    def update(batch, update_actor: bool):
-        critic_loss, q = critic_loss_fn(critic, critic_target, actor_target, batch, args.gamma, args.policy_noise, args.noise_clip)
-        critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        critic_opt.step()
-        if not update_actor:
-            return critic_loss.detach(), q.mean(), None, None
-        actor_loss, bc = actor_loss_fn(actor, critic, batch[0], batch[1], args.alpha)
-        actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_opt.step()
-        with torch.no_grad():  # Polyak averaging of both targets
-            for net, target in ((actor, actor_target), (critic, critic_target)):
-                for p, tp in zip(net.parameters(), target.parameters()):
-                    tp.lerp_(p, args.tau)
-        return critic_loss.detach(), q.mean(), actor_loss.detach(), bc
-
-    if args.compile:
-        update = torch.compile(update)
-
-    @torch.no_grad()
-    def act(obs: np.ndarray) -> np.ndarray:
-        obs = (torch.as_tensor(obs, dtype=torch.float32, device=device) - obs_mean) / obs_std
-        return actor(obs).cpu().numpy()
-
-    run_dir = make_run_dir(args, "td3_bc", args.dataset)
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    trained = {"actor": actor, "critic": critic, "actor_target": actor_target, "critic_target": critic_target,
-               "actor_opt": actor_opt, "critic_opt": critic_opt}
-    step, history, train_time = 0, [], 0.0
-    if args.resume:
-        step, extra = load_checkpoint(checkpoint_path, trained)
-        history, train_time = extra["history"], extra["train_time"]
-    writer = make_writer(args, run_dir, step)
-
-    bar = tqdm(range(step + 1, args.num_updates + 1), desc="td3_bc", mininterval=2)
-    tick = time.time()
-    for step in bar:
-        logs = update(data.sample(args.batch_size), update_actor=step % args.policy_freq == 0)
-
-        if step % args.log_every == 0:
-            critic_loss, q_mean, actor_loss, bc = logs
-            writer.add_scalar("losses/critic_loss", critic_loss.item(), step)
-            writer.add_scalar("losses/q_mean", q_mean.item(), step)
-            if actor_loss is not None:
-                writer.add_scalar("losses/actor_loss", actor_loss.item(), step)
-                writer.add_scalar("losses/bc_loss", bc.item(), step)
-        if step % args.eval_every == 0 or step == args.num_updates:
-            train_time += time.time() - tick
-            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
-            record_evaluation(run_dir, writer, history, step, returns, data, "td3_bc", args.seed, train_time)
-            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
-            tick = time.time()
-        if step % args.checkpoint_every == 0 or step == args.num_updates:
-            save_checkpoint(checkpoint_path, step, trained, {
-                "history": history, "train_time": train_time + time.time() - tick,
-                "obs_mean": obs_mean.cpu(), "obs_std": obs_std.cpu()})
-
-    writer.close()
-    results = json.load(open(os.path.join(run_dir, "results.json")))
-    print(f"td3_bc on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
-          f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run directory {run_dir}")
 
 
 if __name__ == "__main__":

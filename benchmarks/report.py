@@ -57,7 +57,10 @@ def load_runs(runs_dir: Path) -> tuple[list[dict], list[str]]:
         except (OSError, ValueError) as e:
             skipped.append(f"`{path}`: unreadable ({e})")
             continue
-        if not all(results.get(k) is not None for k in ("algo", "dataset", "seed", "evaluations")) or not results["evaluations"]:
+        if (
+            not all(results.get(k) is not None for k in ("algo", "dataset", "seed", "evaluations"))
+            or not results["evaluations"]
+        ):
             skipped.append(f"`{path}`: not an offline run with evaluations")
             continue
         try:
@@ -66,8 +69,16 @@ def load_runs(runs_dir: Path) -> tuple[list[dict], list[str]]:
             config = {}
         last_step = results["evaluations"][-1]["step"]
         target = config.get("num_updates", last_step)
-        runs.append({**results, "run_dir": str(path.parent), "last_step": last_step, "target": target,
-                     "finished": last_step >= target, "mtime": path.stat().st_mtime})
+        runs.append(
+            {
+                **results,
+                "run_dir": str(path.parent),
+                "last_step": last_step,
+                "target": target,
+                "finished": last_step >= target,
+                "mtime": path.stat().st_mtime,
+            }
+        )
     return runs, skipped
 
 
@@ -83,7 +94,9 @@ def select_runs(runs: list[dict], include_unfinished: bool) -> tuple[list[dict],
     for run in sorted(runs, key=lambda r: (r["finished"], r["mtime"])):
         key = (run["algo"], run["dataset"], run["seed"])
         if key in chosen:
-            notes.append(f"`{chosen[key]['run_dir']}`: same algorithm, dataset and seed as the newer `{run['run_dir']}`")
+            notes.append(
+                f"`{chosen[key]['run_dir']}`: same algorithm, dataset and seed as the newer `{run['run_dir']}`"
+            )
         chosen[key] = run
     return list(chosen.values()), notes
 
@@ -107,7 +120,9 @@ def published_for(sources: dict, algo: str, dataset: str) -> list[str]:
     found = []
     for source in sources.values():
         scores = source["scores"].get(algo, {})
-        names = [dataset] if dataset in scores else [name for name in scores if task_of(name) == task_of(dataset) != name]
+        names = (
+            [dataset] if dataset in scores else [name for name in scores if task_of(name) == task_of(dataset) != name]
+        )
         for name in names:
             mean, std = scores[name]
             number = f"{mean:.{source['decimals']}f}" + (f" ± {std:.{source['decimals']}f}" if std is not None else "")
@@ -126,10 +141,14 @@ def mean_std(values: list[float]) -> str:
 
 
 def score_table(groups: dict, datasets: list[str], algos: list[str], sources: dict) -> list[str]:
-    lines = ["| dataset | behaviour data | algorithm | seeds | updates | last | best | published (source) | minutes / run |",
-             "|---|---:|---|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "| dataset | behaviour data | algorithm | seeds | updates | last | best | published (source) | minutes / run |",
+        "|---|---:|---|---:|---:|---:|---:|---|---:|",
+    ]
     for dataset in datasets:
-        behaviour = [r.get("behaviour_normalized_score", math.nan) for algo in algos for r in groups.get((dataset, algo), [])]
+        behaviour = [
+            r.get("behaviour_normalized_score", math.nan) for algo in algos for r in groups.get((dataset, algo), [])
+        ]
         behaviour = f"{np.mean(behaviour):.1f}" if behaviour and np.isfinite(behaviour).all() else DASH
         for algo in algos:
             runs = groups.get((dataset, algo))
@@ -140,9 +159,11 @@ def score_table(groups: dict, datasets: list[str], algos: list[str], sources: di
             published = "<br>".join(published_for(sources, algo, dataset)) or DASH
             times = [r.get("train_time_s", math.nan) for r in runs]  # training only, evaluations excluded
             minutes = f"{np.mean(times) / 60:.1f}" if np.isfinite(times).all() else DASH
-            lines.append(f"| {dataset} | {behaviour} | {algo} | {len(runs)} | {updates} | "
-                         f"{mean_std([r['last_normalized_score'] for r in runs])} | "
-                         f"{mean_std([r['best_normalized_score'] for r in runs])} | {published} | {minutes} |")
+            lines.append(
+                f"| {dataset} | {behaviour} | {algo} | {len(runs)} | {updates} | "
+                f"{mean_std([r['last_normalized_score'] for r in runs])} | "
+                f"{mean_std([r['best_normalized_score'] for r in runs])} | {published} | {minutes} |"
+            )
     return lines
 
 
@@ -150,7 +171,9 @@ def score_table(groups: dict, datasets: list[str], algos: list[str], sources: di
 def score_matrix(groups: dict, algo: str, tasks: list[str], key: str):
     """rliable's input: runs x tasks when every task has as many runs, else one array per task
     (rliable then resamples each task's runs on their own: the same stratified bootstrap)."""
-    per_task = [np.array([r[key] for r in sorted(groups[(task, algo)], key=lambda r: r["seed"])], dtype=float) for task in tasks]
+    per_task = [
+        np.array([r[key] for r in sorted(groups[(task, algo)], key=lambda r: r["seed"])], dtype=float) for task in tasks
+    ]
     if len({len(scores) for scores in per_task}) == 1:
         return np.stack(per_task, axis=1)
     return per_task
@@ -183,20 +206,31 @@ def interval_estimates(score_dict: dict, func, reps: int, seed: int) -> tuple[di
 
 
 def aggregate_section(groups: dict, algos: list[str], datasets: list[str], args, out: Path, colors: dict) -> list[str]:
-    tasks = [d for d in datasets if all((d, a) in groups for a in algos)
-             and all(np.isfinite(r["last_normalized_score"]) for a in algos for r in groups[(d, a)])]
+    tasks = [
+        d
+        for d in datasets
+        if all((d, a) in groups for a in algos)
+        and all(np.isfinite(r["last_normalized_score"]) for a in algos for r in groups[(d, a)])
+    ]
     lines = ["## Aggregate over datasets (rliable)", ""]
     if not tasks:
-        return lines + [f"No dataset has finite scores of every algorithm ({', '.join(algos)}); choose algorithms that "
-                        "share datasets with --algos to compare them.", ""]
+        return lines + [
+            f"No dataset has finite scores of every algorithm ({', '.join(algos)}); choose algorithms that "
+            "share datasets with --algos to compare them.",
+            "",
+        ]
     left_out = [d for d in datasets if d not in tasks]
-    lines += [f"Over the {len(tasks)} dataset(s) every algorithm has runs on: {', '.join(tasks)}"
-              + (f" (left out: {', '.join(left_out)})" if left_out else "") + ". "
-              f"Interquartile mean (IQM) of all runs x datasets, and mean of the per-dataset means, with 95 % "
-              f"stratified-bootstrap confidence intervals ({args.reps} resamples of the seeds within each dataset, "
-              f"percentile method), from `rliable` (Agarwal et al., NeurIPS 2021).", "",
-              "| algorithm | runs | IQM last | 95 % CI | mean last | 95 % CI | IQM best | 95 % CI |",
-              "|---|---:|---:|---|---:|---|---:|---|"]
+    lines += [
+        f"Over the {len(tasks)} dataset(s) every algorithm has runs on: {', '.join(tasks)}"
+        + (f" (left out: {', '.join(left_out)})" if left_out else "")
+        + ". "
+        f"Interquartile mean (IQM) of all runs x datasets, and mean of the per-dataset means, with 95 % "
+        f"stratified-bootstrap confidence intervals ({args.reps} resamples of the seeds within each dataset, "
+        f"percentile method), from `rliable` (Agarwal et al., NeurIPS 2021).",
+        "",
+        "| algorithm | runs | IQM last | 95 % CI | mean last | 95 % CI | IQM best | 95 % CI |",
+        "|---|---:|---:|---|---:|---|---:|---|",
+    ]
     last = {a: score_matrix(groups, a, tasks, "last_normalized_score") for a in algos}
     best = {a: score_matrix(groups, a, tasks, "best_normalized_score") for a in algos}
     iqm_last, iqm_last_ci = interval_estimates(last, iqm, args.reps, args.seed)
@@ -204,9 +238,11 @@ def aggregate_section(groups: dict, algos: list[str], datasets: list[str], args,
     iqm_best, iqm_best_ci = interval_estimates(best, iqm, args.reps, args.seed)
     ci = lambda c: f"[{c[0][0]:.1f}, {c[1][0]:.1f}]"  # noqa: E731
     for a in algos:
-        lines.append(f"| {a} | {pooled(*as_args(last[a])).size} | "
-                     f"{iqm_last[a][0]:.1f} | {ci(iqm_last_ci[a])} | {mean_last[a][0]:.1f} | {ci(mean_last_ci[a])} | "
-                     f"{iqm_best[a][0]:.1f} | {ci(iqm_best_ci[a])} |")
+        lines.append(
+            f"| {a} | {pooled(*as_args(last[a])).size} | "
+            f"{iqm_last[a][0]:.1f} | {ci(iqm_last_ci[a])} | {mean_last[a][0]:.1f} | {ci(mean_last_ci[a])} | "
+            f"{iqm_best[a][0]:.1f} | {ci(iqm_best_ci[a])} |"
+        )
 
     # Performance profile: fraction of runs whose last score exceeds tau (rliable's score distribution)
     all_scores = np.concatenate([pooled(*as_args(s)) for s in last.values()])
@@ -214,9 +250,15 @@ def aggregate_section(groups: dict, algos: list[str], datasets: list[str], args,
     profile = lambda *scores: rly.score_distributions(pooled(*scores), tau)  # noqa: E731
     profiles, profile_cis = interval_estimates(last, profile, args.profile_reps, args.seed)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    plot_utils.plot_performance_profiles(profiles, tau, performance_profile_cis=profile_cis, colors=colors, ax=ax,
-                                         xlabel=r"normalised score $\tau$ (last evaluation)",
-                                         ylabel=r"fraction of runs with score $> \tau$")
+    plot_utils.plot_performance_profiles(
+        profiles,
+        tau,
+        performance_profile_cis=profile_cis,
+        colors=colors,
+        ax=ax,
+        xlabel=r"normalised score $\tau$ (last evaluation)",
+        ylabel=r"fraction of runs with score $> \tau$",
+    )
     ax.legend(loc="upper right", fontsize="small")
     ax.set_title(f"Performance profile over {len(tasks)} dataset(s), 95 % CIs", fontsize="medium")
     fig.tight_layout()
@@ -250,7 +292,7 @@ def learning_curves(groups: dict, algos: list[str], datasets: list[str], path: P
         ax.set_xlabel("updates")
         ax.set_ylabel("normalised score")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(datasets):]:
+    for ax in list(axes.flat)[len(datasets) :]:
         ax.axis("off")
     legend = {}  # one legend beside the panels, so that no curve hides under it
     for ax in axes.flat:
@@ -264,22 +306,38 @@ def learning_curves(groups: dict, algos: list[str], datasets: list[str], path: P
 
 # ---------------------------------------------------------------- main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir", nargs="?", default="runs/benchmark", help="folder searched for results.json (default: runs/benchmark)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "runs_dir",
+        nargs="?",
+        default="runs/benchmark",
+        help="folder searched for results.json (default: runs/benchmark)",
+    )
     parser.add_argument("--out", help="folder for report.md and the figures (default: <runs_dir>/report)")
-    parser.add_argument("--published", default=str(PUBLISHED), help="published scores (default: benchmarks/published_scores.yaml)")
+    parser.add_argument(
+        "--published", default=str(PUBLISHED), help="published scores (default: benchmarks/published_scores.yaml)"
+    )
     parser.add_argument("--algos", nargs="+", help="only these algorithms, in this order (default: all found)")
     parser.add_argument("--datasets", nargs="+", help="only these datasets, in this order (default: all found)")
     parser.add_argument("--include-unfinished", action="store_true", help="also count runs short of their num_updates")
-    parser.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples of the aggregate CIs (default: 10000)")
-    parser.add_argument("--profile-reps", type=int, default=2_000, help="bootstrap resamples of the performance profile (default: 2000)")
+    parser.add_argument(
+        "--reps", type=int, default=10_000, help="bootstrap resamples of the aggregate CIs (default: 10000)"
+    )
+    parser.add_argument(
+        "--profile-reps", type=int, default=2_000, help="bootstrap resamples of the performance profile (default: 2000)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     args = parser.parse_args(argv)
 
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
-        sys.exit(f"error: {runs_dir} is not a folder; pass the --runs-dir of benchmarks/run.py (default runs/benchmark)")
+        sys.exit(
+            f"error: {runs_dir} is not a folder; pass the --runs-dir of benchmarks/run.py (default runs/benchmark)"
+        )
     try:
         sources = load_published(Path(args.published))
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
@@ -291,10 +349,21 @@ def main(argv=None):
     if args.datasets:
         runs = [r for r in runs if r["dataset"] in args.datasets]
     if not runs:
-        sys.exit(f"error: no finished run under {runs_dir} ({len(found)} results.json found"
-                 + (", none matching --algos/--datasets" if args.algos or args.datasets else "") + ")")
-    algos = [a for a in args.algos if any(r["algo"] == a for r in runs)] if args.algos else sorted({r["algo"] for r in runs})
-    datasets = [d for d in args.datasets if any(r["dataset"] == d for r in runs)] if args.datasets else sorted({r["dataset"] for r in runs})
+        sys.exit(
+            f"error: no finished run under {runs_dir} ({len(found)} results.json found"
+            + (", none matching --algos/--datasets" if args.algos or args.datasets else "")
+            + ")"
+        )
+    algos = (
+        [a for a in args.algos if any(r["algo"] == a for r in runs)]
+        if args.algos
+        else sorted({r["algo"] for r in runs})
+    )
+    datasets = (
+        [d for d in args.datasets if any(r["dataset"] == d for r in runs)]
+        if args.datasets
+        else sorted({r["dataset"] for r in runs})
+    )
     groups = defaultdict(list)
     for run in runs:
         groups[(run["dataset"], run["algo"])].append(run)
@@ -304,29 +373,47 @@ def main(argv=None):
     out = Path(args.out) if args.out else runs_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# Benchmark report", "",
+        "# Benchmark report",
+        "",
         f"- runs: {len(runs)} from `{runs_dir}` ({len(algos)} algorithm(s), {len(datasets)} dataset(s)); "
         f"written {datetime.datetime.now().isoformat(timespec='seconds')} by `benchmarks/report.py`",
         "- scores: D4RL normalised score, 100 (R - R_random) / (R_expert - R_random), of the deterministic policy; "
-        "**last** = the final evaluation, **best** = the best evaluation of the run (optimistic: chosen on the test metric itself)",
+        "**last** = the final evaluation, **best** = the best evaluation of the run (optimistic: chosen on the test "
+        "metric itself)",
         "- mean ± std over seeds (numpy std, ddof = 0); *seeds* = runs; *updates* = the step of the last evaluation",
-        "- *behaviour data* = the normalised score of the dataset's own episodes, the bar an offline algorithm has to clear",
-        f"- *published*: from `{Path(args.published).name}`, each number with its source (listed below); {DASH} = no published number",
-        "", "## Scores per dataset", "",
-        *score_table(groups, datasets, algos, sources), "",
+        "- *behaviour data* = the normalised score of the dataset's own episodes, the bar an offline algorithm has "
+        "to clear",
+        f"- *published*: from `{Path(args.published).name}`, each number with its source (listed below); {DASH} = no "
+        "published number",
+        "",
+        "## Scores per dataset",
+        "",
+        *score_table(groups, datasets, algos, sources),
+        "",
         *aggregate_section(groups, algos, datasets, args, out, colors),
-        "## Learning curves", "",
-        "Normalised score against updates, mean ± std over seeds; dashed: the behaviour data.", "",
-        "![learning curves](learning_curves.png)", "",
-        "## Sources of the published numbers", "",
-        *[f"- **{s['label']}**: {s['title']}, <{s['url']}>" for s in sources.values()], "",
+        "## Learning curves",
+        "",
+        "Normalised score against updates, mean ± std over seeds; dashed: the behaviour data.",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "## Sources of the published numbers",
+        "",
+        *[f"- **{s['label']}**: {s['title']}, <{s['url']}>" for s in sources.values()],
+        "",
     ]
     learning_curves(groups, algos, datasets, out / "learning_curves.png", colors)
     if notes or skipped:
         lines += ["## Runs not counted", "", *[f"- {n}" for n in notes + skipped], ""]
     (out / "report.md").write_text("\n".join(lines))
-    print(f"{out / 'report.md'}: {len(runs)} runs, {len(algos)} algorithm(s) x {len(datasets)} dataset(s)"
-          + (f"; {len(notes) + len(skipped)} result file(s) not counted (listed in the report)" if notes or skipped else ""))
+    print(
+        f"{out / 'report.md'}: {len(runs)} runs, {len(algos)} algorithm(s) x {len(datasets)} dataset(s)"
+        + (
+            f"; {len(notes) + len(skipped)} result file(s) not counted (listed in the report)"
+            if notes or skipped
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

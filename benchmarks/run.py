@@ -23,10 +23,14 @@ resume from their checkpoint), or through submitit's local executor
 waits for every cell and exits non-zero with a one-line summary if any failed.
 
 Examples (from the project root):
-    python benchmarks/run.py --algos bc td3_bc iql --datasets hopper-medium-v2 walker2d-medium-v2 --seeds 0 1 2 3 --workers 4
-    python benchmarks/run.py --algos td3_bc --datasets hopper-medium-replay-v2 --set num_updates=20000 eval_every=5000 --dry-run
-    python benchmarks/run.py --algos iql --datasets hopper-medium-v2 --set iql.expectile=0.8 --runs-dir runs/iql-expectile
-    python benchmarks/run.py --algos td3_bc --datasets hopper-medium-v2 --slurm-partition gpu --slurm-time 24:00:00 --slurm-gpus-per-node 1
+    python benchmarks/run.py --algos bc td3_bc iql --datasets hopper-medium-v2 walker2d-medium-v2 \
+        --seeds 0 1 2 3 --workers 4
+    python benchmarks/run.py --algos td3_bc --datasets hopper-medium-replay-v2 \
+        --set num_updates=20000 eval_every=5000 --dry-run
+    python benchmarks/run.py --algos iql --datasets hopper-medium-v2 --set iql.expectile=0.8 \
+        --runs-dir runs/iql-expectile
+    python benchmarks/run.py --algos td3_bc --datasets hopper-medium-v2 \
+        --slurm-partition gpu --slurm-time 24:00:00 --slurm-gpus-per-node 1
 Then: python benchmarks/report.py runs/benchmark
 """
 
@@ -58,8 +62,20 @@ CONFIGS = PROJECT / "benchmarks" / "configs"
 # Args fields that change neither what a run learns nor what it records: a run directory
 # that differs from the sweep only in these is still the sweep's run of that cell.
 # num_updates is not here for that reason: a shorter run is continued to the new budget.
-RUNTIME_FIELDS = {"num_updates", "checkpoint_every", "log_every", "device", "threads", "compile", "track",
-                  "runs_dir", "resume", "config", "dataset", "seed"}
+RUNTIME_FIELDS = {
+    "num_updates",
+    "checkpoint_every",
+    "log_every",
+    "device",
+    "threads",
+    "compile",
+    "track",
+    "runs_dir",
+    "resume",
+    "config",
+    "dataset",
+    "seed",
+}
 
 
 class GridError(Exception):
@@ -86,7 +102,11 @@ def script_fields(algo: str) -> dict[str, tuple[str, object]]:
 
 def offline_algorithms() -> list[str]:
     """Scripts of algorithms/ that train from a dataset and can be resumed."""
-    return [p.stem for p in sorted(ALGORITHMS.glob("*.py")) if {"dataset", "num_updates", "resume"} <= script_fields(p.stem).keys()]
+    return [
+        p.stem
+        for p in sorted(ALGORITHMS.glob("*.py"))
+        if {"dataset", "num_updates", "resume"} <= script_fields(p.stem).keys()
+    ]
 
 
 def parse_value(text: str, annotation: str):
@@ -111,7 +131,9 @@ def parse_overrides(items: list[str], algos: list[str], fields: dict[str, dict])
     overrides = {algo: {} for algo in algos}
     for item in items:
         if "=" not in item:
-            raise GridError(f"--set {item!r}: write key=value or algo.key=value, e.g. num_updates=20000 or td3_bc.alpha=3")
+            raise GridError(
+                f"--set {item!r}: write key=value or algo.key=value, e.g. num_updates=20000 or td3_bc.alpha=3"
+            )
         key, text = item.split("=", 1)
         targets = algos
         if "." in key:
@@ -121,11 +143,16 @@ def parse_overrides(items: list[str], algos: list[str], fields: dict[str, dict])
             targets = [algo]
         key = key.replace("-", "_")
         if key in ("dataset", "seed", "resume", "runs_dir", "config", "threads", "device"):
-            raise GridError(f"--set {item!r}: {key} is set by the grid itself; use --datasets, --seeds, --runs-dir, --threads or --device")
+            raise GridError(
+                f"--set {item!r}: {key} is set by the grid itself; use --datasets, --seeds, --runs-dir, --threads or "
+                "--device"
+            )
         lacking = [algo for algo in targets if key not in fields[algo]]
         if lacking:
-            raise GridError(f"--set {item!r}: {', '.join(lacking)} has no field {key!r} (see algorithms/{lacking[0]}.py --help); "
-                            f"set it for one algorithm only with ALGO.{key}=VALUE")
+            raise GridError(
+                f"--set {item!r}: {', '.join(lacking)} has no field {key!r} (see algorithms/{lacking[0]}.py --help); "
+                f"set it for one algorithm only with ALGO.{key}=VALUE"
+            )
         for algo in targets:
             overrides[algo][key] = parse_value(text, fields[algo][key][0])
     return overrides
@@ -185,10 +212,22 @@ def make_cells(args, fields: dict[str, dict], overrides: dict[str, dict]) -> lis
             settings.pop("dataset", None)  # the grid passes --dataset; a config's own name must not win
             num_updates = settings.get("num_updates", fields[algo]["num_updates"][1])
             for seed in args.seeds:
-                cells.append(Cell(algo=algo, dataset=dataset, seed=seed, runs_dir=runs_dir,
-                                  base_config=str(base.resolve()) if base.is_file() else None,
-                                  overrides=overrides[algo], settings=settings, num_updates=int(num_updates),
-                                  threads=args.threads, device=args.device, python=sys.executable, cwd=os.getcwd()))
+                cells.append(
+                    Cell(
+                        algo=algo,
+                        dataset=dataset,
+                        seed=seed,
+                        runs_dir=runs_dir,
+                        base_config=str(base.resolve()) if base.is_file() else None,
+                        overrides=overrides[algo],
+                        settings=settings,
+                        num_updates=int(num_updates),
+                        threads=args.threads,
+                        device=args.device,
+                        python=sys.executable,
+                        cwd=os.getcwd(),
+                    )
+                )
     return cells
 
 
@@ -213,7 +252,12 @@ def last_step(run_dir: str) -> int:
 
 
 def same_value(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
@@ -222,8 +266,11 @@ def same_value(a, b) -> bool:
 
 def differences(cell: Cell, run_config: dict) -> list[str]:
     """Settings the sweep asks for that the run directory was made with other values of."""
-    return [f"{key}={run_config.get(key)!r} (the sweep asks {value!r})" for key, value in cell.settings.items()
-            if key not in RUNTIME_FIELDS and key in run_config and not same_value(run_config[key], value)]
+    return [
+        f"{key}={run_config.get(key)!r} (the sweep asks {value!r})"
+        for key, value in cell.settings.items()
+        if key not in RUNTIME_FIELDS and key in run_config and not same_value(run_config[key], value)
+    ]
 
 
 def inspect(cell: Cell) -> tuple[str, Optional[str], str]:
@@ -238,7 +285,11 @@ def inspect(cell: Cell) -> tuple[str, Optional[str], str]:
         config = read_yaml(os.path.join(run_dir, "config.yaml"))
         changed = differences(cell, config)
         if changed:
-            return ("conflict", run_dir, f"{run_dir} was made with {', '.join(changed)}; move it away or use another --runs-dir")
+            return (
+                "conflict",
+                run_dir,
+                f"{run_dir} was made with {', '.join(changed)}; move it away or use another --runs-dir",
+            )
         step = last_step(run_dir)
         if step >= cell.num_updates:
             finished.append((step, run_dir))
@@ -250,7 +301,13 @@ def inspect(cell: Cell) -> tuple[str, Optional[str], str]:
         return "finished", max(finished)[1], f"{max(finished)[0]} updates"
     if resumable:
         step, _, run_dir = max(resumable)
-        return "resume", run_dir, f"unfinished: last evaluation at {step} of {cell.num_updates} updates" if step else "unfinished: no evaluation yet"
+        return (
+            "resume",
+            run_dir,
+            f"unfinished: last evaluation at {step} of {cell.num_updates} updates"
+            if step
+            else "unfinished: no evaluation yet",
+        )
     note = f"left as they are (no checkpoint to resume from): {', '.join(leftover)}" if leftover else ""
     return "new", None, note
 
@@ -273,8 +330,11 @@ def command(cell: Cell, action: str, run_dir: Optional[str]) -> list[str]:
 
 def write_merged_config(cell: Cell) -> None:
     path = cell.config_path()
-    header = (f"# Written by benchmarks/run.py for {cell.label}: "
-              f"{cell.base_config or 'the script defaults'} + --set {' '.join(f'{k}={v}' for k, v in cell.overrides.items())}\n")
+    header = (
+        f"# Written by benchmarks/run.py for {cell.label}: "
+        f"{cell.base_config or 'the script defaults'} + --set "
+        f"{' '.join(f'{k}={v}' for k, v in cell.overrides.items())}\n"
+    )
     with open(path + ".tmp", "w") as f:
         f.write(header + yaml.safe_dump({**cell.settings, "dataset": cell.dataset}, sort_keys=False))
     os.replace(path + ".tmp", path)
@@ -321,8 +381,11 @@ def execute_cell(cell: Cell) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": str(cell.threads), "MKL_NUM_THREADS": str(cell.threads)}
         started = time.time()
         with open(cell.log_path(), "a") as log:
-            log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} on {socket.gethostname()}: "
-                      f"{'resume ' + run_dir + ' (' + note + ')' if action == 'resume' else 'new run'}\n# {shlex.join(argv)}\n")
+            log.write(
+                f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} on {socket.gethostname()}: "
+                f"{'resume ' + run_dir + ' (' + note + ')' if action == 'resume' else 'new run'}\n# "
+                f"{shlex.join(argv)}\n"
+            )
             log.flush()
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cell.cwd, env=env)
             _children.add(process)
@@ -337,15 +400,29 @@ def execute_cell(cell: Cell) -> dict:
         after, run_dir, _ = inspect(cell)
         elapsed = f"{time.time() - started:.0f} s"
         if code != 0:
-            return {**result, "status": "failed", "run_dir": run_dir, "message": f"exit {code} after {elapsed}: {last_line(cell.log_path())}"}
+            return {
+                **result,
+                "status": "failed",
+                "run_dir": run_dir,
+                "message": f"exit {code} after {elapsed}: {last_line(cell.log_path())}",
+            }
         if after != "finished":
-            return {**result, "status": "failed", "run_dir": run_dir,
-                    "message": f"exited 0 but no results.json reached {cell.num_updates} updates; see {cell.log_path()}"}
+            return {
+                **result,
+                "status": "failed",
+                "run_dir": run_dir,
+                "message": f"exited 0 but no results.json reached {cell.num_updates} updates; see {cell.log_path()}",
+            }
         with open(os.path.join(run_dir, "results.json")) as f:
             scores = json.load(f)
-        return {**result, "status": "done", "run_dir": run_dir,
-                "message": f"{'resumed' if action == 'resume' else 'new run'}, {elapsed}: last {scores['last_normalized_score']:.1f}, "
-                           f"best {scores['best_normalized_score']:.1f}"}
+        return {
+            **result,
+            "status": "done",
+            "run_dir": run_dir,
+            "message": f"{'resumed' if action == 'resume' else 'new run'}, {elapsed}: last "
+            "{scores['last_normalized_score']:.1f}, "
+            f"best {scores['best_normalized_score']:.1f}",
+        }
     finally:
         lock.close()
 
@@ -435,8 +512,11 @@ def run_submitit(cells: list[Cell], args) -> list[dict]:
         params["gpus_per_node"] = args.slurm_gpus_per_node
     if cluster == "slurm":
         extra = dict(item.split("=", 1) for item in args.slurm_extra)
-        params.update(slurm_partition=args.slurm_partition, slurm_array_parallelism=args.slurm_array_parallelism,
-                      slurm_additional_parameters=extra)
+        params.update(
+            slurm_partition=args.slurm_partition,
+            slurm_array_parallelism=args.slurm_array_parallelism,
+            slurm_additional_parameters=extra,
+        )
         if args.slurm_mem_gb:
             params["mem_gb"] = args.slurm_mem_gb
     executor.update_parameters(**params)
@@ -465,36 +545,76 @@ def display_path(path: str) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     grid = parser.add_argument_group("grid")
     grid.add_argument("--algos", nargs="+", required=True, help="scripts of algorithms/ to run, e.g. bc td3_bc iql")
-    grid.add_argument("--datasets", nargs="+", required=True, help="dataset names as the scripts take them, e.g. hopper-medium-v2")
+    grid.add_argument(
+        "--datasets", nargs="+", required=True, help="dataset names as the scripts take them, e.g. hopper-medium-v2"
+    )
     grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="seeds (default: 0 1 2 3)")
-    grid.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                      help="override Args fields on top of the per-dataset config: num_updates=20000 for every "
-                           "algorithm, td3_bc.alpha=3 for one (values are YAML)")
-    grid.add_argument("--runs-dir", default="runs/benchmark", help="where run directories and logs go (default: runs/benchmark)")
-    grid.add_argument("--configs-dir", default=str(CONFIGS), help="per-dataset configs, <dir>/<algo>/<dataset>.yaml (default: benchmarks/configs)")
-    grid.add_argument("--dry-run", action="store_true", help="print what every cell would do and its command; run nothing")
+    grid.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override Args fields on top of the per-dataset config: num_updates=20000 for every "
+        "algorithm, td3_bc.alpha=3 for one (values are YAML)",
+    )
+    grid.add_argument(
+        "--runs-dir", default="runs/benchmark", help="where run directories and logs go (default: runs/benchmark)"
+    )
+    grid.add_argument(
+        "--configs-dir",
+        default=str(CONFIGS),
+        help="per-dataset configs, <dir>/<algo>/<dataset>.yaml (default: benchmarks/configs)",
+    )
+    grid.add_argument(
+        "--dry-run", action="store_true", help="print what every cell would do and its command; run nothing"
+    )
     run = parser.add_argument_group("where cells run")
-    run.add_argument("--executor", choices=["local", "local-submitit", "slurm"],
-                     help="local process pool (default), submitit's local executor, or Slurm (default when --slurm-partition is given)")
+    run.add_argument(
+        "--executor",
+        choices=["local", "local-submitit", "slurm"],
+        help="local process pool (default), submitit's local executor, "
+        "or Slurm (default when --slurm-partition is given)",
+    )
     run.add_argument("--workers", type=int, default=1, help="cells at a time in the local pool (default: 1)")
-    run.add_argument("--threads", type=int, help="torch CPU threads per cell (default: cores / workers locally, "
-                                                 "--slurm-cpus-per-task on Slurm)")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads per cell (default: cores / workers locally, --slurm-cpus-per-task on Slurm)",
+    )
     run.add_argument("--device", help='passed to every script: "auto", "cpu" or "cuda" (default: the scripts\' auto)')
     slurm = parser.add_argument_group("Slurm (through submitit)")
     slurm.add_argument("--slurm-partition", help="partition to submit to (selects the Slurm executor)")
-    slurm.add_argument("--slurm-time", default="1440", help="time limit per job: minutes or HH:MM:SS; a job that reaches "
-                                                            "it is requeued and resumes (default: 1440)")
+    slurm.add_argument(
+        "--slurm-time",
+        default="1440",
+        help="time limit per job: minutes or HH:MM:SS; a job that reaches it is requeued and resumes (default: 1440)",
+    )
     slurm.add_argument("--slurm-gpus-per-node", type=int, default=0, help="GPUs per job (default: 0)")
-    slurm.add_argument("--slurm-cpus-per-task", type=int, default=4, help="CPUs per job, also the cells' --threads (default: 4)")
+    slurm.add_argument(
+        "--slurm-cpus-per-task", type=int, default=4, help="CPUs per job, also the cells' --threads (default: 4)"
+    )
     slurm.add_argument("--slurm-mem-gb", type=int, help="memory per job in GB (default: the partition's)")
-    slurm.add_argument("--slurm-array-parallelism", type=int, default=64, help="jobs of the array running at once (default: 64)")
-    slurm.add_argument("--slurm-max-requeues", type=int, default=10, help="requeues of a job that reaches its time limit (default: 10)")
-    slurm.add_argument("--slurm-extra", nargs="+", default=[], metavar="KEY=VALUE",
-                       help="more sbatch options, e.g. account=myproj qos=normal constraint=a100")
+    slurm.add_argument(
+        "--slurm-array-parallelism", type=int, default=64, help="jobs of the array running at once (default: 64)"
+    )
+    slurm.add_argument(
+        "--slurm-max-requeues", type=int, default=10, help="requeues of a job that reaches its time limit (default: 10)"
+    )
+    slurm.add_argument(
+        "--slurm-extra",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more sbatch options, e.g. account=myproj qos=normal constraint=a100",
+    )
     args = parser.parse_args(argv)
     if args.executor is None:
         args.executor = "slurm" if args.slurm_partition else "local"
@@ -516,7 +636,9 @@ def main(argv=None):
         known = offline_algorithms()
         unknown = [a for a in args.algos if a not in known]
         if unknown:
-            raise GridError(f"--algos {' '.join(unknown)}: not an offline script of {ALGORITHMS}; choose from {', '.join(known)}")
+            raise GridError(
+                f"--algos {' '.join(unknown)}: not an offline script of {ALGORITHMS}; choose from {', '.join(known)}"
+            )
         if len(set(args.seeds)) != len(args.seeds) or len(set(args.datasets)) != len(args.datasets):
             raise GridError("--seeds and --datasets must not repeat a value")
         fields = {algo: script_fields(algo) for algo in args.algos}
@@ -530,14 +652,26 @@ def main(argv=None):
             action, run_dir, note = inspect(cell)
             source = display_path(cell.base_config) if cell.base_config else "script defaults"
             sets = " + " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()) if cell.overrides else ""
-            print(f"# {cell.label}: {action}" + (f" {run_dir}" if run_dir else "") + (f" ({note})" if note else "")
-                  + f"; config: {source}{sets}" + (f", written to {cell.config_path()} when it runs" if cell.overrides and action == "new" else ""))
+            print(
+                f"# {cell.label}: {action}"
+                + (f" {run_dir}" if run_dir else "")
+                + (f" ({note})" if note else "")
+                + f"; config: {source}{sets}"
+                + (f", written to {cell.config_path()} when it runs" if cell.overrides and action == "new" else "")
+            )
             if action in ("new", "resume"):
-                print(f"OMP_NUM_THREADS={cell.threads} " + shlex.join(command(cell, action, run_dir)) + f" >> {shlex.quote(cell.log_path())} 2>&1")
+                print(
+                    f"OMP_NUM_THREADS={cell.threads} "
+                    + shlex.join(command(cell, action, run_dir))
+                    + f" >> {shlex.quote(cell.log_path())} 2>&1"
+                )
         return 0
 
-    print(f"{len(cells)} cells ({len(args.algos)} algorithms x {len(args.datasets)} datasets x {len(args.seeds)} seeds) "
-          f"into {os.path.abspath(args.runs_dir)}, executor {args.executor}", flush=True)
+    print(
+        f"{len(cells)} cells ({len(args.algos)} algorithms x {len(args.datasets)} datasets x {len(args.seeds)} seeds) "
+        f"into {os.path.abspath(args.runs_dir)}, executor {args.executor}",
+        flush=True,
+    )
     try:
         results = run_pool(cells, args.workers) if args.executor == "local" else run_submitit(cells, args)
     except GridError as e:
@@ -545,10 +679,15 @@ def main(argv=None):
         return 2
     counts = {status: sum(r["status"] == status for r in results) for status in ("skipped", "done", "failed")}
     failed = [r for r in results if r["status"] == "failed"]
-    summary = f"{len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed"
+    summary = (
+        f"{len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed"
+    )
     if failed:
         details = "; ".join(f"{r['cell']} ({r['message']})" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")
-        print(f"error: {summary}: {details}; logs in {os.path.join(os.path.abspath(args.runs_dir), 'logs')}", file=sys.stderr)
+        print(
+            f"error: {summary}: {details}; logs in {os.path.join(os.path.abspath(args.runs_dir), 'logs')}",
+            file=sys.stderr,
+        )
         return 1
     print(summary)
     return 0

@@ -195,7 +195,9 @@ def rebrac_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, policy_freq
 def cql_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, num_sampled: int = 10) -> int:
     """algorithms/cql.py: SAC with 3x256 networks; both Q-functions run once, batched, over the data's
     action and the 3N sampled actions (uniform, pi(s), pi(s')) of every state."""
-    actor = mlp_macs([obs_dim, hidden, hidden, hidden], batch) + 2 * batch * hidden * act_dim  # trunk + mean, log-std heads
+    actor = (
+        mlp_macs([obs_dim, hidden, hidden, hidden], batch) + 2 * batch * hidden * act_dim
+    )  # trunk + mean, log-std heads
     critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, hidden, 1], batch)  # DoubleCritic: 2 members
     action_sets = 1 + 3 * num_sampled
     return (
@@ -207,7 +209,16 @@ def cql_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, num_sampled: i
     )
 
 
-MACS_PER_UPDATE = {"bc": bc_macs, "td3_bc": td3_bc_macs, "sac_n": sac_n_macs, "edac": edac_macs, "rebrac": rebrac_macs, "iql": iql_macs, "awac": awac_macs, "cql": cql_macs}  # scripts not listed get "n/a"
+MACS_PER_UPDATE = {
+    "bc": bc_macs,
+    "td3_bc": td3_bc_macs,
+    "sac_n": sac_n_macs,
+    "edac": edac_macs,
+    "rebrac": rebrac_macs,
+    "iql": iql_macs,
+    "awac": awac_macs,
+    "cql": cql_macs,
+}  # scripts not listed get "n/a"
 
 
 # ---------------------------------------------------------------- measurements
@@ -241,11 +252,32 @@ def matmul_gflops(device: torch.device, n: int = 2048, blocks: int = 5, block_se
     return 2 * n**3 * reps / best / 1e9
 
 
-def time_script(name: str, script: Path, dataset: Path, runs_dir: Path, updates: int, threads: int, device: str) -> dict:
+def time_script(
+    name: str, script: Path, dataset: Path, runs_dir: Path, updates: int, threads: int, device: str
+) -> dict:
     """Run one script for `updates` updates; returns its results.json, or {"error": ...}."""
-    command = [sys.executable, str(script), "--dataset", str(dataset), "--num-updates", str(updates),
-               "--eval-every", str(updates), "--eval-episodes", "1", "--checkpoint-every", str(updates),
-               "--batch-size", "256", "--threads", str(threads), "--device", device, "--runs-dir", str(runs_dir)]
+    command = [
+        sys.executable,
+        str(script),
+        "--dataset",
+        str(dataset),
+        "--num-updates",
+        str(updates),
+        "--eval-every",
+        str(updates),
+        "--eval-episodes",
+        "1",
+        "--checkpoint-every",
+        str(updates),
+        "--batch-size",
+        "256",
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+        "--runs-dir",
+        str(runs_dir),
+    ]
     if "dynamics_max_epochs" in script.read_text():  # model-based: the dynamics are timed apart (model_based_phases)
         command += ["--dynamics-max-epochs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -304,8 +336,15 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
                 loss.backward()
                 optimizer.step()
         bound = replay_seconds(recorder.calls) / 4 * math.ceil(trained / 256)
-    rows.append({"phase": "dynamics training, one epoch", "seconds": seconds, "bound": bound,
-                 "gflop": 2 * 3 * members * trained * per_sample / 1e9, "reference": "9.9 s (OfflineRL-Kit)"})
+    rows.append(
+        {
+            "phase": "dynamics training, one epoch",
+            "seconds": seconds,
+            "bound": bound,
+            "gflop": 2 * 3 * members * trained * per_sample / 1e9,
+            "reference": "9.9 s (OfflineRL-Kit)",
+        }
+    )
 
     agent = mopo.SAC(OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM)).to(device)
     start = data.observations[torch.randint(0, NUM_TRANSITIONS, (50_000,), device=device)]
@@ -317,12 +356,24 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
         with MatmulRecorder() as recorder:
             mopo.rollout(model, agent.actor, start[:5000], 5, never, 1.0, "aleatoric")
         bound = 10 * replay_seconds(recorder.calls)
-    rows.append({"phase": "rollout, 50,000 starts x 5 steps", "seconds": seconds, "bound": bound,
-                 "gflop": 2 * 50_000 * 5 * (5 * per_sample + actor_macs) / 1e9, "reference": "8.5 s (OfflineRL-Kit)"})  # the 5 elites
+    rows.append(
+        {
+            "phase": "rollout, 50,000 starts x 5 steps",
+            "seconds": seconds,
+            "bound": bound,
+            "gflop": 2 * 50_000 * 5 * (5 * per_sample + actor_macs) / 1e9,
+            "reference": "8.5 s (OfflineRL-Kit)",
+        }
+    )  # the 5 elites
 
     buffer = mopo.ReplayBuffer(100_000, OBS_DIM, ACT_DIM, device)
-    buffer.add(data.observations[:100_000], data.actions[:100_000], data.rewards[:100_000],
-               data.next_observations[:100_000], data.terminals[:100_000])
+    buffer.add(
+        data.observations[:100_000],
+        data.actions[:100_000],
+        data.rewards[:100_000],
+        data.next_observations[:100_000],
+        data.terminals[:100_000],
+    )
 
     def updates(n: int):
         for _ in range(n):
@@ -338,8 +389,15 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
             updates(4)
         bound = replay_seconds(recorder.calls) / 4
     sac_macs = 256 * (actor_macs + critic_macs + 3 * critic_macs + 3 * actor_macs + 2 * critic_macs)
-    rows.append({"phase": "SAC update, mixed batch of 256", "seconds": seconds, "bound": bound, "gflop": 2 * sac_macs / 1e9,
-                 "reference": "7.4 ms (OfflineRL-Kit)"})
+    rows.append(
+        {
+            "phase": "SAC update, mixed batch of 256",
+            "seconds": seconds,
+            "bound": bound,
+            "gflop": 2 * sac_macs / 1e9,
+            "reference": "7.4 ms (OfflineRL-Kit)",
+        }
+    )
     return rows
 
 
@@ -349,7 +407,12 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
 # those products alone, same shapes and strides, on the same threads: no activations, no loss,
 # no optimiser, no sampling. No implementation of the same arithmetic in float32 with this BLAS
 # can beat that time, so "% of bound" says how much of an update is overhead.
-MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default}
+MATMULS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default,
+}
 
 
 class MatmulRecorder(TorchDispatchMode):
@@ -394,9 +457,25 @@ def script_matmul_bound(script: Path, dataset: Path, threads: int, updates: int 
     spec.loader.exec_module(module)
     module.evaluate = lambda *args, **kwargs: np.zeros(1)
     argv = sys.argv
-    sys.argv = [str(script), "--dataset", str(dataset), "--num-updates", str(updates), "--eval-every", str(10 * updates),
-                "--checkpoint-every", str(10 * updates), "--batch-size", "256", "--threads", str(threads), "--device", "cpu",
-                "--runs-dir", tempfile.mkdtemp(prefix="bound_")]
+    sys.argv = [
+        str(script),
+        "--dataset",
+        str(dataset),
+        "--num-updates",
+        str(updates),
+        "--eval-every",
+        str(10 * updates),
+        "--checkpoint-every",
+        str(10 * updates),
+        "--batch-size",
+        "256",
+        "--threads",
+        str(threads),
+        "--device",
+        "cpu",
+        "--runs-dir",
+        tempfile.mkdtemp(prefix="bound_"),
+    ]
     try:
         with contextlib.redirect_stdout(sys.stderr), MatmulRecorder() as recorder:
             module.main()
@@ -408,8 +487,22 @@ def script_matmul_bound(script: Path, dataset: Path, threads: int, updates: int 
 def matmul_bound_in_child(name: str, script: Path, dataset: Path, threads: int) -> Optional[float]:
     """script_matmul_bound in a fresh process (the script sets threads and malloc options for itself)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, __file__, "--bound-of", str(script), "--bound-dataset", str(dataset), "--threads", str(threads)],
-                          cwd=PROJECT, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--bound-of",
+            str(script),
+            "--bound-dataset",
+            str(dataset),
+            "--threads",
+            str(threads),
+        ],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         print(f"  matmul bound of {name} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)
         return None
@@ -434,9 +527,11 @@ def report(rows: list[dict], peak: float, threads: int, device: torch.device, up
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}",
-        f"- torch {torch.__version__}, python {platform.python_version()}, threads {threads}, device {device} ({device_name})",
+        f"- torch {torch.__version__}, python {platform.python_version()}, threads {threads}, device {device} "
+        f"({device_name})",
         f"- float32 matmul peak (2048x2048 @ 2048x2048, best block): {peak:.1f} GFLOP/s",
-        f"- data: synthetic hopper-shaped D4RL file, {NUM_TRANSITIONS:,} transitions, obs {OBS_DIM}-d, action {ACT_DIM}-d; "
+        f"- data: synthetic hopper-shaped D4RL file, {NUM_TRANSITIONS:,} transitions, obs {OBS_DIM}-d, action "
+        f"{ACT_DIM}-d; "
         f"{updates} updates per script, batch 256, evaluation time excluded",
         "- GFLOP per update: analytic count of the matmuls (benchmarks/speed.py, `MACS_PER_UPDATE`)",
         f"- command: `{command}`",
@@ -449,7 +544,8 @@ def report(rows: list[dict], peak: float, threads: int, device: torch.device, up
         "  implementation of the same arithmetic with this BLAS can be faster. n/a: model-based",
         "  scripts (their phases are bounded below) and GPUs.",
         "",
-        "| script | updates/s | GFLOP / update | achieved GFLOP/s | % of matmul peak | matmul-only bound | % of bound | reference updates/s | speed-up |",
+        "| script | updates/s | GFLOP / update | achieved GFLOP/s | % of matmul peak | matmul-only bound | % of "
+        "bound | reference updates/s | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -466,20 +562,32 @@ def report(rows: list[dict], peak: float, threads: int, device: torch.device, up
             lines.append(f"| {row['name']} | {ups:.1f} | n/a | n/a | n/a {bounded}{versus}")
             continue
         achieved = ups * row["gflop"]
-        lines.append(f"| {row['name']} | {ups:.1f} | {row['gflop']:.4f} | {achieved:.2f} | {100 * achieved / peak:.1f} % {bounded}{versus}")
+        lines.append(
+            f"| {row['name']} | {ups:.1f} | {row['gflop']:.4f} | {achieved:.2f} | {100 * achieved / peak:.1f} % "
+            f"{bounded}{versus}"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--algos", nargs="+", help="scripts to time, e.g. bc td3_bc (default: every offline script)")
     parser.add_argument("--updates", type=int, default=3000, help="updates per script (default: 3000)")
     default_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    parser.add_argument("--threads", type=int, default=default_threads, help=f"torch CPU threads (default: all cores, {default_threads})")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads,
+        help=f"torch CPU threads (default: all cores, {default_threads})",
+    )
     parser.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu" or "cuda" (default: auto)')
     parser.add_argument("--no-phases", action="store_true", help="skip the model-based phase timings")
     parser.add_argument("--no-bound", action="store_true", help="skip the matmul-only bounds")
-    parser.add_argument("--out", default=str(PROJECT / "benchmarks" / "results" / "speed.md"), help="markdown file to write")
+    parser.add_argument(
+        "--out", default=str(PROJECT / "benchmarks" / "results" / "speed.md"), help="markdown file to write"
+    )
     parser.add_argument("--bound-of", help=argparse.SUPPRESS)  # internal: one script's bound, in a child process
     parser.add_argument("--bound-dataset", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -494,8 +602,10 @@ def main():
     if args.algos:
         unknown = [a for a in args.algos if a not in scripts]
         if unknown:
-            sys.exit(f"error: {', '.join(unknown)}: not an offline script (Args without a `dataset` field) in "
-                     f"{ALGORITHMS}; choose from {', '.join(sorted(scripts))}")
+            sys.exit(
+                f"error: {', '.join(unknown)}: not an offline script (Args without a `dataset` field) in "
+                f"{ALGORITHMS}; choose from {', '.join(sorted(scripts))}"
+            )
         scripts = {a: scripts[a] for a in args.algos}
     command = " ".join(shlex.quote(a) for a in ["python", os.path.relpath(sys.argv[0], PROJECT)] + sys.argv[1:])
     device = resolve_device(args.device)
@@ -509,7 +619,9 @@ def main():
         write_synthetic_dataset(dataset)
         for name, script in scripts.items():
             print(f"running {name} for {args.updates} updates ...", file=sys.stderr)
-            result = time_script(name, script, dataset, Path(tmp) / "runs" / name, args.updates, args.threads, str(device))
+            result = time_script(
+                name, script, dataset, Path(tmp) / "runs" / name, args.updates, args.threads, str(device)
+            )
             if "error" in result:
                 print(f"  {name} failed: {result['error']}", file=sys.stderr)
                 rows.append({"name": name, "error": result["error"]})
@@ -519,7 +631,9 @@ def main():
             bound = None
             if device.type == "cpu" and counter and not args.no_bound:
                 bound = matmul_bound_in_child(name, script, dataset, args.threads)
-            rows.append({"name": name, "updates_per_second": result["updates_per_second"], "gflop": gflop, "bound": bound})
+            rows.append(
+                {"name": name, "updates_per_second": result["updates_per_second"], "gflop": gflop, "bound": bound}
+            )
         phases = []
         if not args.no_phases:
             print("timing the model-based phases ...", file=sys.stderr)
@@ -527,15 +641,23 @@ def main():
 
     text = report(rows, peak, args.threads, device, args.updates, command)
     if phases:
-        text += ("\n## Model-based phases (the shared blocks of mopo.py, morel.py, mbpo.py)\n\n"
-                 "| phase | time | GFLOP | achieved GFLOP/s | % of matmul peak | matmul-only bound | % of bound | reference (2 threads, this CPU) |\n"
-                 "|---|---:|---:|---:|---:|---:|---:|---|\n")
+        text += (
+            "\n## Model-based phases (the shared blocks of mopo.py, morel.py, mbpo.py)\n\n"
+            "| phase | time | GFLOP | achieved GFLOP/s | % of matmul peak | matmul-only bound | % of bound | "
+            "reference (2 threads, this CPU) |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---|\n"
+        )
         shown = lambda t: f"{t * 1e3:.2f} ms" if t < 1 else f"{t:.2f} s"  # noqa: E731
         for row in phases:
             achieved = row["gflop"] / row["seconds"]
-            bounded = f"{shown(row['bound'])} | {100 * row['bound'] / row['seconds']:.0f} %" if row["bound"] else "n/a | n/a"
-            text += (f"| {row['phase']} | {shown(row['seconds'])} | {row['gflop']:.1f} | {achieved:.1f} | {100 * achieved / peak:.1f} % | "
-                     f"{bounded} | {row['reference']} |\n")
+            bounded = (
+                f"{shown(row['bound'])} | {100 * row['bound'] / row['seconds']:.0f} %" if row["bound"] else "n/a | n/a"
+            )
+            text += (
+                f"| {row['phase']} | {shown(row['seconds'])} | {row['gflop']:.1f} | {achieved:.1f} | "
+                f"{100 * achieved / peak:.1f} % | "
+                f"{bounded} | {row['reference']} |\n"
+            )
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,14 +23,20 @@ def describe(path: str) -> str:
     lo, hi = float(attrs["ref_min_score"]), float(attrs["ref_max_score"])
     score = 100 * (returns.mean() - lo) / (hi - lo)
     name = "shipped/" + os.path.splitext(os.path.basename(path))[0]
-    return (f"| `{name}` | {attrs['env_id']} | {len(rewards):,} | {len(returns)} | {returns.mean():.1f} ± {returns.std():.1f} "
-            f"| {score:.1f} | {lo:.1f} / {hi:.1f} | {os.path.getsize(path) / 1e6:.1f} MB |")
+    return (
+        f"| `{name}` | {attrs['env_id']} | {len(rewards):,} | {len(returns)} | {returns.mean():.1f} ± "
+        f"{returns.std():.1f} "
+        f"| {score:.1f} | {lo:.1f} / {hi:.1f} | {os.path.getsize(path) / 1e6:.1f} MB |"
+    )
 
 
 def main():
     if len(sys.argv) < 2:
         sys.exit("usage: python datasets/describe.py FILE.hdf5 [...]")
-    print("| dataset | environment | transitions | episodes | behaviour return | normalised score | reference min / max | size |")
+    print(
+        "| dataset | environment | transitions | episodes | behaviour return | normalised score | reference min / "
+        "max | size |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for path in sys.argv[1:]:
         print(describe(path))

@@ -49,16 +49,39 @@ import torch
 import tyro
 from tqdm import tqdm
 
-LEVELS = ("random", "medium", "expert", "medium-replay", "medium-expert", "pure", "eps1", "eps3", "gaussian1", "gaussian3")
-NOISE = {"pure": ("none", 0.0), "eps1": ("eps", 0.1), "eps3": ("eps", 0.3), "gaussian1": ("gaussian", 0.1), "gaussian3": ("gaussian", 0.3)}
+LEVELS = (
+    "random",
+    "medium",
+    "expert",
+    "medium-replay",
+    "medium-expert",
+    "pure",
+    "eps1",
+    "eps3",
+    "gaussian1",
+    "gaussian3",
+)
+NOISE = {
+    "pure": ("none", 0.0),
+    "eps1": ("eps", 0.1),
+    "eps3": ("eps", 0.3),
+    "gaussian1": ("gaussian", 0.1),
+    "gaussian3": ("gaussian", 0.3),
+}
 # D4RL's reference returns (random, expert) for the environments its Gym-MuJoCo datasets cover
-D4RL_REFERENCE = {"Hopper": (-20.272305, 3234.3), "HalfCheetah": (-280.178953, 12135.0),
-                  "Walker2d": (1.629008, 4592.3), "Ant": (-325.6, 3879.7)}
+D4RL_REFERENCE = {
+    "Hopper": (-20.272305, 3234.3),
+    "HalfCheetah": (-280.178953, 12135.0),
+    "Walker2d": (1.629008, 4592.3),
+    "Ant": (-325.6, 3879.7),
+}
 
 
 @dataclass
 class Args:
-    level: Literal["random", "medium", "expert", "medium-replay", "medium-expert", "pure", "eps1", "eps3", "gaussian1", "gaussian3"]
+    level: Literal[
+        "random", "medium", "expert", "medium-replay", "medium-expert", "pure", "eps1", "eps3", "gaussian1", "gaussian3"
+    ]
     """which dataset to write"""
     out: str
     """output .hdf5 path"""
@@ -103,19 +126,27 @@ def pick(ckpts: list[dict], step: Optional[int], what: str) -> dict:
 
 def make_policy(ckpt: dict, env: gym.Env, mode: str, noise: float, rng: np.random.Generator):
     """A function obs -> action: 'sample' (stochastic SAC), 'mean', or mean + eps / gaussian noise."""
-    actor = load_sac_actor_class()(env.observation_space.shape[0], env.action_space.shape[0], ckpt["hidden_dim"],
-                                   env.action_space.low, env.action_space.high)
+    actor = load_sac_actor_class()(
+        env.observation_space.shape[0],
+        env.action_space.shape[0],
+        ckpt["hidden_dim"],
+        env.action_space.low,
+        env.action_space.high,
+    )
     actor.load_state_dict(ckpt["actor"])
     low, high = env.action_space.low, env.action_space.high
 
     @torch.no_grad()
     def act(obs):
-        action = actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), deterministic=(mode != "sample"))[0][0].numpy()
+        action = actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), deterministic=(mode != "sample"))[0][
+            0
+        ].numpy()
         if mode == "eps" and rng.random() < noise:
             action = rng.uniform(low, high).astype(np.float32)
         elif mode == "gaussian":
             action = np.clip(action + noise * rng.standard_normal(action.shape), low, high).astype(np.float32)
         return action
+
     return act
 
 
@@ -177,11 +208,19 @@ def main():
     env = gym.make(env_id)
     env.action_space.seed(args.seed)
 
-    attrs = {"env_id": env_id, "env_kwargs": "{}", "level": args.level, "seed": args.seed,
-             "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "generator": "datasets/generate.py"}
+    attrs = {
+        "env_id": env_id,
+        "env_kwargs": "{}",
+        "level": args.level,
+        "seed": args.seed,
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "generator": "datasets/generate.py",
+    }
     # the random policy's return: the floor of the reference returns and of "a third of the way"
     # (its own generator, so it is the same number whatever level is written)
-    random_return = mean_return(env, random_policy(env, np.random.default_rng(args.seed + 100)), args.ref_episodes, args.seed + 100)
+    random_return = mean_return(
+        env, random_policy(env, np.random.default_rng(args.seed + 100)), args.ref_episodes, args.seed + 100
+    )
     expert = medium = None
     if ckpts:
         expert = pick(ckpts, args.expert_step, "expert") if args.expert_step is not None else ckpts[-1]
@@ -190,8 +229,13 @@ def main():
         else:  # D4RL: a policy at about a third of the expert's return, counted from the random policy's
             target = random_return + (expert["eval_return"] - random_return) / 3
             medium = min(ckpts, key=lambda c: abs(c["eval_return"] - target))
-        attrs.update(source_run=os.path.basename(os.path.normpath(args.sac_run)), expert_step=expert["step"],
-                     expert_eval_return=expert["eval_return"], medium_step=medium["step"], medium_eval_return=medium["eval_return"])
+        attrs.update(
+            source_run=os.path.basename(os.path.normpath(args.sac_run)),
+            expert_step=expert["step"],
+            expert_eval_return=expert["eval_return"],
+            medium_step=medium["step"],
+            medium_eval_return=medium["eval_return"],
+        )
 
     if args.level == "random":
         data = collect(env, random_policy(env, rng), args.num_steps, args.seed, "random")
@@ -199,8 +243,12 @@ def main():
         ckpt = medium if args.level == "medium" else expert
         data = collect(env, make_policy(ckpt, env, "sample", 0.0, rng), args.num_steps, args.seed, args.level)
     elif args.level == "medium-expert":
-        data = mix([collect(env, make_policy(medium, env, "sample", 0.0, rng), args.num_steps, args.seed, "medium"),
-                    collect(env, make_policy(expert, env, "sample", 0.0, rng), args.num_steps, args.seed + 1, "expert")])
+        data = mix(
+            [
+                collect(env, make_policy(medium, env, "sample", 0.0, rng), args.num_steps, args.seed, "medium"),
+                collect(env, make_policy(expert, env, "sample", 0.0, rng), args.num_steps, args.seed + 1, "expert"),
+            ]
+        )
     elif args.level == "medium-replay":
         path = os.path.join(args.sac_run, "replay_buffer.npz")
         if not os.path.isfile(path):
@@ -216,9 +264,13 @@ def main():
         mode, noise = NOISE[args.level]
         sizes = [int(0.2 * args.num_steps), int(0.4 * args.num_steps)]
         sizes.append(args.num_steps - sum(sizes))
-        data = mix([collect(env, random_policy(env, rng), sizes[0], args.seed, "random walk"),
-                    collect(env, make_policy(medium, env, "mean", 0.0, rng), sizes[1], args.seed + 1, "pure"),
-                    collect(env, make_policy(medium, env, mode, noise, rng), sizes[2], args.seed + 2, args.level)])
+        data = mix(
+            [
+                collect(env, random_policy(env, rng), sizes[0], args.seed, "random walk"),
+                collect(env, make_policy(medium, env, "mean", 0.0, rng), sizes[1], args.seed + 1, "pure"),
+                collect(env, make_policy(medium, env, mode, noise, rng), sizes[2], args.seed + 2, args.level),
+            ]
+        )
 
     family = env_id.split(":")[-1].split("-")[0]
     if family in D4RL_REFERENCE:
@@ -228,25 +280,44 @@ def main():
         if expert is None:
             sys.exit(f"error: {env_id} has no D4RL reference returns, so the expert's return is needed: pass --sac-run")
         attrs["ref_min_score"] = random_return
-        attrs["ref_max_score"] = mean_return(env, make_policy(expert, env, "mean", 0.0, rng), args.ref_episodes, args.seed + 200)
+        attrs["ref_max_score"] = mean_return(
+            env, make_policy(expert, env, "mean", 0.0, rng), args.ref_episodes, args.seed + 200
+        )
         if attrs["ref_max_score"] <= random_return:
-            sys.exit(f"error: the expert policy's return {attrs['ref_max_score']:.1f} is not above the random policy's "
-                     f"{random_return:.1f}; train SAC longer or pick --expert-step")
+            sys.exit(
+                f"error: the expert policy's return {attrs['ref_max_score']:.1f} is not above the random policy's "
+                f"{random_return:.1f}; train SAC longer or pick --expert-step"
+            )
         attrs["ref_source"] = f"mean return of the random and the expert policy over {args.ref_episodes} episodes"
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     dtypes = {"terminals": bool, "timeouts": bool}
     with h5py.File(args.out + ".tmp", "w") as f:
         for key, value in data.items():
-            f.create_dataset(key, data=value.astype(dtypes.get(key, np.float32)), compression="gzip", compression_opts=9, shuffle=True)
+            f.create_dataset(
+                key,
+                data=value.astype(dtypes.get(key, np.float32)),
+                compression="gzip",
+                compression_opts=9,
+                shuffle=True,
+            )
         for key, value in attrs.items():
             f.attrs[key] = value
     os.replace(args.out + ".tmp", args.out)
     ends = data["terminals"] | data["timeouts"]
     returns = np.bincount(np.concatenate([[0], np.cumsum(ends[:-1])]), weights=data["rewards"])
     score = 100 * (returns.mean() - attrs["ref_min_score"]) / (attrs["ref_max_score"] - attrs["ref_min_score"])
-    print(json.dumps({"out": args.out, "transitions": len(data["rewards"]), "episodes": int(ends.sum()),
-                      "mean_return": round(float(returns.mean()), 1), "normalized_score": round(float(score), 1)}))
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "transitions": len(data["rewards"]),
+                "episodes": int(ends.sum()),
+                "mean_return": round(float(returns.mean()), 1),
+                "normalized_score": round(float(score), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

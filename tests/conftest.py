@@ -33,4 +33,7 @@ def print_scores(label: str, results: dict) -> None:
     """The normalised-score curve of a learning check; `pytest -m learning -rP` shows it, which is
     how the runs quoted in the tests' docstrings are re-made after a change."""
     curve = ", ".join(f"{e['normalized_score']:.1f}" for e in results["evaluations"])
-    print(f"{label}: normalised score at each evaluation: {curve} (behaviour data {results['behaviour_normalized_score']:.1f})")
+    print(
+        f"{label}: normalised score at each evaluation: {curve} (behaviour data "
+        f"{results['behaviour_normalized_score']:.1f})"
+    )

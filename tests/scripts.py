@@ -13,12 +13,22 @@ from conftest import ROOT, SHIPPED
 SMOKE_DATASET = os.path.join(SHIPPED, "pendulum-medium-replay.hdf5")
 # a tiny value for every budget-like field a script may have
 TINY = {
-    "num_updates": 40, "total_timesteps": 300, "learning_starts": 100, "eval_every": 20, "eval_episodes": 2,
-    "checkpoint_every": 20, "log_every": 10, "batch_size": 32, "threads": 1,
+    "num_updates": 40,
+    "total_timesteps": 300,
+    "learning_starts": 100,
+    "eval_every": 20,
+    "eval_episodes": 2,
+    "checkpoint_every": 20,
+    "log_every": 10,
+    "batch_size": 32,
+    "threads": 1,
     # small networks: these tests check the plumbing, the learning checks use real sizes
-    "hidden_dim": 64, "num_critics": 3,
+    "hidden_dim": 64,
+    "num_critics": 3,
     # model-based scripts: a couple of dynamics epochs, small rollout batches
-    "dynamics_max_epochs": 2, "rollout_batch_size": 100, "rollout_every": 20,
+    "dynamics_max_epochs": 2,
+    "rollout_batch_size": 100,
+    "rollout_every": 20,
 }
 
 

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, load_script, print_scores
 
 m = load_script("awac")
@@ -96,9 +95,28 @@ def test_learns(tmp_path):
     With the current code (fused Adam) seed 0 scores -22.3, 21.0, 33.7 at the same
     evaluations (`pytest -m learning -rP` prints them).
     """
-    command = [sys.executable, os.path.join(ROOT, "algorithms", "awac.py"), "--dataset", "shipped/pendulum-medium-replay",
-               "--num-updates", "3000", "--batch-size", "256", "--eval-every", "1000", "--eval-episodes", "10", "--seed", "0",
-               "--threads", "1", "--device", "cpu", "--runs-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "algorithms", "awac.py"),
+        "--dataset",
+        "shipped/pendulum-medium-replay",
+        "--num-updates",
+        "3000",
+        "--batch-size",
+        "256",
+        "--eval-every",
+        "1000",
+        "--eval-episodes",
+        "10",
+        "--seed",
+        "0",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(tmp_path),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

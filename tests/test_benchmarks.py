@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT, load_script
 
 RUN = os.path.join(ROOT, "benchmarks", "run.py")
@@ -24,8 +23,25 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THR
 
 
 def run_grid(runs_dir, *extra, algos=("bc", "td3_bc"), seeds=(0, 1), budget=TINY, datasets=(DATASET,)):
-    command = [sys.executable, RUN, "--algos", *algos, "--datasets", *datasets, "--seeds", *map(str, seeds),
-               "--runs-dir", str(runs_dir), "--threads", "1", "--device", "cpu", *extra, "--set", *budget]
+    command = [
+        sys.executable,
+        RUN,
+        "--algos",
+        *algos,
+        "--datasets",
+        *datasets,
+        "--seeds",
+        *map(str, seeds),
+        "--runs-dir",
+        str(runs_dir),
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        *extra,
+        "--set",
+        *budget,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
 
 
@@ -57,7 +73,9 @@ def test_grid_runs_every_cell(grid):
             config = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
             assert (config["num_updates"], config["eval_episodes"], config["seed"]) == (30, 1, seed)
             log = os.path.join(runs_dir, "logs", f"{algo}__shipped-pendulum-medium-replay__{seed}.log")
-            assert f"{algo} on {DATASET}: last normalised score" in open(log).read()  # the script's output went to its log
+            assert (
+                f"{algo} on {DATASET}: last normalised score" in open(log).read()
+            )  # the script's output went to its log
     assert "4 cells: 4 run, 0 already finished, 0 failed" in done.stdout
 
 
@@ -106,8 +124,14 @@ def partial_run(tmp_path_factory):
     checkpoint.pt and results.json stop at 15."""
     pytest.importorskip("submitit")
     runs_dir = tmp_path_factory.mktemp("partial")
-    done = run_grid(runs_dir, "--executor", "local-submitit", algos=("td3_bc",), seeds=(1,),
-                    budget=["num_updates=15", "eval_every=15", "eval_episodes=1", "checkpoint_every=15"])
+    done = run_grid(
+        runs_dir,
+        "--executor",
+        "local-submitit",
+        algos=("td3_bc",),
+        seeds=(1,),
+        budget=["num_updates=15", "eval_every=15", "eval_episodes=1", "checkpoint_every=15"],
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     (run_dir,) = run_dirs(runs_dir)
     config_path = os.path.join(run_dir, "config.yaml")
@@ -152,8 +176,10 @@ def test_report_on_the_grid(grid):
         best = np.array([r["best_normalized_score"] for r in results])
         behaviour = results[0]["behaviour_normalized_score"]
         minutes = np.mean([r["train_time_s"] for r in results]) / 60
-        row = (f"| {DATASET} | {behaviour:.1f} | {algo} | 2 | 30 | {last.mean():.1f} ± {last.std():.1f} | "
-               f"{best.mean():.1f} ± {best.std():.1f} | — | {minutes:.1f} |")
+        row = (
+            f"| {DATASET} | {behaviour:.1f} | {algo} | 2 | 30 | {last.mean():.1f} ± {last.std():.1f} | "
+            f"{best.mean():.1f} ± {best.std():.1f} | — | {minutes:.1f} |"
+        )
         assert row in text, f"missing row {row}\n{text}"
         assert f"| {algo} | 2 | " in text  # the rliable aggregate row
     for png in ("learning_curves.png", "performance_profile.png"):
@@ -164,11 +190,21 @@ def test_report_on_the_grid(grid):
 def write_fake_run(runs_dir, algo, dataset, seed, final, num_updates=1000, reached=1000):
     run_dir = os.path.join(runs_dir, f"{algo}__{dataset}__{seed}__1700000000")
     os.makedirs(run_dir)
-    history = [{"step": s, "return": 0.0, "normalized_score": final * s / num_updates} for s in range(250, reached + 1, 250)]
-    json.dump({"algo": algo, "dataset": dataset, "seed": seed, "evaluations": history,
-               "last_normalized_score": history[-1]["normalized_score"],
-               "best_normalized_score": max(h["normalized_score"] for h in history),
-               "behaviour_normalized_score": 44.3}, open(os.path.join(run_dir, "results.json"), "w"))
+    history = [
+        {"step": s, "return": 0.0, "normalized_score": final * s / num_updates} for s in range(250, reached + 1, 250)
+    ]
+    json.dump(
+        {
+            "algo": algo,
+            "dataset": dataset,
+            "seed": seed,
+            "evaluations": history,
+            "last_normalized_score": history[-1]["normalized_score"],
+            "best_normalized_score": max(h["normalized_score"] for h in history),
+            "behaviour_normalized_score": 44.3,
+        },
+        open(os.path.join(run_dir, "results.json"), "w"),
+    )
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
         yaml.safe_dump({"num_updates": num_updates, "seed": seed}, f)
 
@@ -182,7 +218,9 @@ def test_report_puts_published_numbers_with_their_source(tmp_path):
     write_fake_run(tmp_path, "bc", "hopper-medium-v2", 2, 0.0, reached=500)  # unfinished: not counted
     report.main([str(tmp_path), "--reps", "100", "--profile-reps", "20"])
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "| hopper-medium-v2 | 44.3 | bc | 2 | 1000 | 52.0 ± 2.0 | 52.0 ± 2.0 | 53.51 ± 1.76 (CORL) | — |" in text  # no train time
+    assert (
+        "| hopper-medium-v2 | 44.3 | bc | 2 | 1000 | 52.0 ± 2.0 | 52.0 ± 2.0 | 53.51 ± 1.76 (CORL) | — |" in text
+    )  # no train time
     assert "| 62.8 ± 38.1 (OfflineRL-Kit)<br>28.0 (MOReL Tab. 2, D4RL v0) |" in text  # MOPO: both sources, v0 named
     assert "bc__hopper-medium-v2__2__1700000000`: unfinished (500 of 1000 updates)" in text
 
@@ -225,14 +263,37 @@ def test_speed_table(tmp_path):
     bound and the reference column where a reference exists. (The model-based phases take ~40 s and
     are left to the benchmark.)"""
     out = tmp_path / "speed.md"
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "speed.py"), "--algos", "bc", "td3_bc", "--updates", "30",
-                           "--threads", "1", "--device", "cpu", "--no-phases", "--out", str(out)],
-                          capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "speed.py"),
+            "--algos",
+            "bc",
+            "td3_bc",
+            "--updates",
+            "30",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--no-phases",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in out.read_text().splitlines()
-            if line.startswith("| bc ") or line.startswith("| td3_bc ")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in out.read_text().splitlines()
+        if line.startswith("| bc ") or line.startswith("| td3_bc ")
+    }
     assert set(rows) == {"bc", "td3_bc"}
-    for name, cells in rows.items():
+    for cells in rows.values():
         assert float(cells[0]) > 0 and float(cells[1]) > 0 and cells[3].endswith("%")
         # the matmul-only bound is an upper limit: a real update (with everything else) is slower
         assert float(cells[4]) > 0.8 * float(cells[0]), cells

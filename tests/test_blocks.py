@@ -7,13 +7,14 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, load_script
 from scripts import args_fields, script_names
 
 
 def run_tool(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(cwd, "tools", "sync_blocks.py"), *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, os.path.join(cwd, "tools", "sync_blocks.py"), *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_blocks_identical():
@@ -37,7 +38,9 @@ def test_check_detects_and_sync_repairs(tmp_path):
     target = tmp_path / "algorithms" / "td3_bc.py"
     text = target.read_text()
     assert "def normalized_score(" in text
-    target.write_text(text.replace("return 100.0 * (np.asarray(returns) - ref_min)", "return 99.0 * (np.asarray(returns) - ref_min)"))
+    target.write_text(
+        text.replace("return 100.0 * (np.asarray(returns) - ref_min)", "return 99.0 * (np.asarray(returns) - ref_min)")
+    )
     broken = run_tool("--check", cwd=tmp_path)
     assert broken.returncode == 1 and "evaluation" in broken.stdout
     repaired = run_tool("--from", str(tmp_path / "algorithms" / "bc.py"), cwd=tmp_path)

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, load_script, print_scores
 
 m = load_script("cql")
@@ -131,7 +130,11 @@ def test_actor_sample_log_prob_hand_formula():
     u = mean + log_std.exp() * torch.randn(4, 2)
     scale, bias = torch.tensor([2.0, 0.5]), torch.tensor([0.0, 0.5])
     assert torch.allclose(actions, torch.tanh(u) * scale + bias)
-    expected = (torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - torch.log(1 - torch.tanh(u) ** 2) - torch.log(scale)).sum(-1)
+    expected = (
+        torch.distributions.Normal(mean, log_std.exp()).log_prob(u)
+        - torch.log(1 - torch.tanh(u) ** 2)
+        - torch.log(scale)
+    ).sum(-1)
     assert torch.allclose(log_prob, expected, atol=1e-4)
 
 
@@ -148,10 +151,32 @@ def test_learns(tmp_path):
     With the current code (fused Adam) seed 0 scores -11.2, 5.7, 30.2 at the same
     evaluations (`pytest -m learning -rP` prints them).
     """
-    command = [sys.executable, os.path.join(ROOT, "algorithms", "cql.py"), "--dataset", "shipped/pendulum-medium-replay",
-               "--num-updates", "3000", "--batch-size", "128", "--layers", "2", "--hidden-dim", "128",
-               "--eval-every", "1000", "--eval-episodes", "10", "--seed", "0",
-               "--threads", "1", "--device", "cpu", "--runs-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "algorithms", "cql.py"),
+        "--dataset",
+        "shipped/pendulum-medium-replay",
+        "--num-updates",
+        "3000",
+        "--batch-size",
+        "128",
+        "--layers",
+        "2",
+        "--hidden-dim",
+        "128",
+        "--eval-every",
+        "1000",
+        "--eval-episodes",
+        "10",
+        "--seed",
+        "0",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(tmp_path),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

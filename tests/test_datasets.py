@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, SHIPPED, load_script
 
 bc = load_script("bc")
@@ -49,8 +48,12 @@ def make_episodes(episodes, obs_dim=OBS_DIM, act_dim=ACT_DIM, next_observations=
             last = t == length - 1
             term.append(last and end in ("terminal", "both"))
             tout.append(last and end in ("timeout", "both"))
-    arrays = dict(observations=np.array(obs, np.float32), actions=np.array(act, np.float32),
-                  rewards=np.array(rew, np.float32), terminals=np.array(term, bool))
+    arrays = dict(
+        observations=np.array(obs, np.float32),
+        actions=np.array(act, np.float32),
+        rewards=np.array(rew, np.float32),
+        terminals=np.array(term, bool),
+    )
     if timeouts:
         arrays["timeouts"] = np.array(tout, bool)
     if next_observations:
@@ -95,12 +98,15 @@ def hopper_arrays(n_episodes=2, length=5, seed=0):
     rng = np.random.default_rng(seed)
     n = n_episodes * length
     timeouts = np.zeros(n, bool)
-    timeouts[length - 1::length] = True
-    return dict(observations=rng.standard_normal((n, HOPPER_OBS)).astype(np.float32),
-                next_observations=rng.standard_normal((n, HOPPER_OBS)).astype(np.float32),
-                actions=rng.uniform(-1, 1, (n, HOPPER_ACT)).astype(np.float32),
-                rewards=rng.standard_normal(n).astype(np.float32),
-                terminals=np.zeros(n, bool), timeouts=timeouts)
+    timeouts[length - 1 :: length] = True
+    return dict(
+        observations=rng.standard_normal((n, HOPPER_OBS)).astype(np.float32),
+        next_observations=rng.standard_normal((n, HOPPER_OBS)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (n, HOPPER_ACT)).astype(np.float32),
+        rewards=rng.standard_normal(n).astype(np.float32),
+        terminals=np.zeros(n, bool),
+        timeouts=timeouts,
+    )
 
 
 def no_network(monkeypatch, calls=None):
@@ -108,6 +114,7 @@ def no_network(monkeypatch, calls=None):
         if calls is not None:
             calls.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
 
 
@@ -174,11 +181,18 @@ def test_transitions_from_arrays_boundaries(layout, next_observations):
 def test_load_file_boundaries(tmp_path, layout, next_observations):
     """The same through a file on disk and load_dataset (path form), tensors on the device."""
     episodes = EPISODE_LAYOUTS[layout]
-    path = pendulum_file(tmp_path / "data.hdf5", episodes, next_observations=next_observations,
-                         attrs={"env_id": "Pendulum-v1", "ref_min_score": -1500.0, "ref_max_score": -150.0})
+    path = pendulum_file(
+        tmp_path / "data.hdf5",
+        episodes,
+        next_observations=next_observations,
+        attrs={"env_id": "Pendulum-v1", "ref_min_score": -1500.0, "ref_max_score": -150.0},
+    )
     data = bc.load_dataset(path, torch.device("cpu"))
-    check_rows({k: getattr(data, k).numpy() for k in ("observations", "actions", "rewards", "next_observations", "terminals")},
-               episodes, next_observations)
+    check_rows(
+        {k: getattr(data, k).numpy() for k in ("observations", "actions", "rewards", "next_observations", "terminals")},
+        episodes,
+        next_observations,
+    )
     np.testing.assert_allclose(data.episode_returns, expected_returns(episodes))
     assert (data.ref_min_score, data.ref_max_score) == (-1500.0, -150.0)
     assert data.name == path
@@ -247,7 +261,9 @@ def assert_dataset_error(phrase, name, device="cpu"):
     return message
 
 
-@pytest.mark.parametrize("name", ["nonexistent-name", "hopper-medium", "hopper-medium-v0", "hopper-superb-v2", "mujoco/hopper"])
+@pytest.mark.parametrize(
+    "name", ["nonexistent-name", "hopper-medium", "hopper-medium-v0", "hopper-superb-v2", "mujoco/hopper"]
+)
 def test_unknown_name(name):
     message = assert_dataset_error("unknown dataset", name)
     assert repr(name) in message
@@ -257,12 +273,15 @@ def test_missing_file_path(tmp_path):
     assert_dataset_error("does not exist", str(tmp_path / "nothing.hdf5"))
 
 
-@pytest.mark.parametrize("name,file_name", [
-    ("hopper-medium-replay-v2", "hopper_medium_replay-v2.hdf5"),
-    ("halfcheetah-medium-expert-v2", "halfcheetah_medium_expert-v2.hdf5"),
-    ("walker2d-full-replay-v2", "walker2d_full_replay-v2.hdf5"),
-    ("ant-random-v2", "ant_random-v2.hdf5"),
-])
+@pytest.mark.parametrize(
+    "name,file_name",
+    [
+        ("hopper-medium-replay-v2", "hopper_medium_replay-v2.hdf5"),
+        ("halfcheetah-medium-expert-v2", "halfcheetah_medium_expert-v2.hdf5"),
+        ("walker2d-full-replay-v2", "walker2d_full_replay-v2.hdf5"),
+        ("ant-random-v2", "ant_random-v2.hdf5"),
+    ],
+)
 def test_missing_d4rl_file_without_network(tmp_path, monkeypatch, name, file_name):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
     calls = []
@@ -292,8 +311,11 @@ def test_download_short_read_does_not_take_final_name(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
     payload = open(write_hdf5(tmp_path / "src.h5", hopper_arrays(), {}), "rb").read()
     os.remove(tmp_path / "src.h5")
-    monkeypatch.setattr(urllib.request, "urlopen",
-                        lambda url, *a, **k: FakeResponse(payload[: len(payload) // 2], content_length=len(payload)))
+    monkeypatch.setattr(
+        urllib.request,
+        "urlopen",
+        lambda url, *a, **k: FakeResponse(payload[: len(payload) // 2], content_length=len(payload)),
+    )
     with pytest.raises(bc.DatasetError, match="could not download"):
         bc.load_dataset("hopper-medium-v2", torch.device("cpu"))
     assert not os.path.exists(tmp_path / "hopper_medium-v2.hdf5")
@@ -409,7 +431,9 @@ def test_file_with_unknown_env_id(tmp_path):
 
 def test_file_attributes_as_bytes_and_env_kwargs(tmp_path):
     """env_id stored as bytes (as some h5py writers do) and env_kwargs as JSON both work."""
-    path = pendulum_file(tmp_path / "data.hdf5", attrs={"env_id": np.bytes_(b"Pendulum-v1"), "env_kwargs": json.dumps({"g": 9.0})})
+    path = pendulum_file(
+        tmp_path / "data.hdf5", attrs={"env_id": np.bytes_(b"Pendulum-v1"), "env_kwargs": json.dumps({"g": 9.0})}
+    )
     data = bc.load_dataset(path, torch.device("cpu"))
     env = data.make_env()
     assert env.spec.id == "Pendulum-v1" and env.unwrapped.g == 9.0
@@ -473,14 +497,28 @@ def test_d4rl_name_from_local_folder(tmp_path, monkeypatch):
 def test_d4rl_tables():
     assert set(bc.D4RL_ENVS) == {"halfcheetah", "hopper", "walker2d", "ant"}
     refs = {k: v[2:] for k, v in bc.D4RL_ENVS.items()}
-    assert refs == {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3),
-                    "walker2d": (1.629008, 4592.3), "ant": (-325.6, 3879.7)}
-    assert {k: v[0] for k, v in bc.D4RL_ENVS.items()} == {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4",
-                                                          "walker2d": "Walker2d-v4", "ant": "Ant-v4"}
+    assert refs == {
+        "halfcheetah": (-280.178953, 12135.0),
+        "hopper": (-20.272305, 3234.3),
+        "walker2d": (1.629008, 4592.3),
+        "ant": (-325.6, 3879.7),
+    }
+    assert {k: v[0] for k, v in bc.D4RL_ENVS.items()} == {
+        "halfcheetah": "HalfCheetah-v4",
+        "hopper": "Hopper-v4",
+        "walker2d": "Walker2d-v4",
+        "ant": "Ant-v4",
+    }
     for env in bc.D4RL_ENVS:
         for level in ("random", "medium", "expert", "medium-replay", "medium-expert", "full-replay"):
             assert bc.D4RL_NAME.match(f"{env}-{level}-v2")
-    for bad in ("hopper-medium-v0", "hopper-medium-v2.hdf5", "humanoid-medium-v2", "hopper-medium_replay-v2", "Hopper-medium-v2"):
+    for bad in (
+        "hopper-medium-v0",
+        "hopper-medium-v2.hdf5",
+        "humanoid-medium-v2",
+        "hopper-medium_replay-v2",
+        "Hopper-medium-v2",
+    ):
         assert not bc.D4RL_NAME.match(bad)
 
 
@@ -526,16 +564,23 @@ def minari_dir(tmp_path_factory):
     for ep, (length, terminated, truncated) in enumerate(MINARI_EPISODES):
         obs = np.array([[ep / 10, t / 10, 0.5] for t in range(length + 1)], np.float32)
         end = [False] * (length - 1)
-        buffers.append(EpisodeBuffer(
-            id=ep, observations=obs, actions=np.full((length, 1), ep / 10, np.float32),
-            rewards=np.array([100.0 * ep + t for t in range(length)]),
-            terminations=np.array(end + [terminated]), truncations=np.array(end + [truncated])))
+        buffers.append(
+            EpisodeBuffer(
+                id=ep,
+                observations=obs,
+                actions=np.full((length, 1), ep / 10, np.float32),
+                rewards=np.array([100.0 * ep + t for t in range(length)]),
+                terminations=np.array(end + [terminated]),
+                truncations=np.array(end + [truncated]),
+            )
+        )
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mp.setenv("MINARI_DATASETS_PATH", str(folder))
         env = gym.make("Pendulum-v1")
-        minari.create_dataset_from_buffers(dataset_id=MINARI_ID, buffer=buffers, env=env,
-                                           ref_min_score=-1234.5, ref_max_score=-150.25)
+        minari.create_dataset_from_buffers(
+            dataset_id=MINARI_ID, buffer=buffers, env=env, ref_min_score=-1234.5, ref_max_score=-150.25
+        )
         env.close()
     return folder
 
@@ -553,8 +598,10 @@ def test_minari_dataset(minari_dir, monkeypatch):
     assert data.terminals.tolist() == terminals
     assert data.rewards.tolist() == [100.0 * ep + t for ep, t in rows]
     np.testing.assert_allclose(data.actions.numpy()[:, 0], [ep / 10 for ep, _ in rows], rtol=1e-6)
-    np.testing.assert_allclose(data.episode_returns, [sum(100.0 * ep + t for t in range(length))
-                                                      for ep, (length, _, _) in enumerate(MINARI_EPISODES)])
+    np.testing.assert_allclose(
+        data.episode_returns,
+        [sum(100.0 * ep + t for t in range(length)) for ep, (length, _, _) in enumerate(MINARI_EPISODES)],
+    )
     assert (data.ref_min_score, data.ref_max_score) == (-1234.5, -150.25)
     for tensor in (data.observations, data.actions, data.rewards, data.next_observations, data.terminals):
         assert tensor.dtype == torch.float32
@@ -578,8 +625,13 @@ def test_minari_unknown_id_without_network(minari_dir, monkeypatch):
 
 # ---------------------------------------------------------------------------- 6: main()
 def run_bc(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "algorithms", "bc.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "algorithms", "bc.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_main_unknown_dataset_one_line_error():
@@ -604,7 +656,11 @@ def test_main_corrupt_file_one_line_error(tmp_path):
 def test_shipped_prefix_from_env_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("SHIPPED_DATASETS_DIR", str(tmp_path))
     episodes = [(3, "timeout"), (2, "terminal")]
-    path = pendulum_file(tmp_path / "pendulum-tiny.hdf5", episodes, attrs={"env_id": "Pendulum-v1", "ref_min_score": -1.0, "ref_max_score": 1.0})
+    path = pendulum_file(
+        tmp_path / "pendulum-tiny.hdf5",
+        episodes,
+        attrs={"env_id": "Pendulum-v1", "ref_min_score": -1.0, "ref_max_score": 1.0},
+    )
     assert bc.shipped_path("pendulum-tiny") == path
     data = bc.load_dataset("shipped/pendulum-tiny", torch.device("cpu"))
     assert len(data.rewards) == 5 and data.name == "shipped/pendulum-tiny"
@@ -622,10 +678,12 @@ def test_shipped_dataset_loads(path, monkeypatch):
     name = os.path.splitext(os.path.basename(path))[0]
     with h5py.File(path, "r") as f:
         assert {"observations", "actions", "rewards", "terminals", "timeouts"} <= set(f.keys())
-        for key in ("observations", "actions", "rewards") + (("next_observations",) if "next_observations" in f else ()):
+        for key in ("observations", "actions", "rewards") + (
+            ("next_observations",) if "next_observations" in f else ()
+        ):
             assert f[key].dtype == np.float32, key
         assert f["terminals"].dtype == bool and f["timeouts"].dtype == bool
-        assert (f["terminals"][-1] or f["timeouts"][-1]), "a shipped dataset ends at an episode boundary"
+        assert f["terminals"][-1] or f["timeouts"][-1], "a shipped dataset ends at an episode boundary"
         attrs = dict(f.attrs)
     assert "env_id" in attrs and attrs["ref_min_score"] < attrs["ref_max_score"]
     by_name = bc.load_dataset("shipped/" + name, torch.device("cpu"))
@@ -633,7 +691,10 @@ def test_shipped_dataset_loads(path, monkeypatch):
     for key in ("observations", "actions", "rewards", "next_observations", "terminals"):
         assert torch.equal(getattr(by_name, key), getattr(by_path, key)), key
     assert len(by_name.rewards) > 0 and len(by_name.episode_returns) > 0
-    assert (by_name.ref_min_score, by_name.ref_max_score) == (float(attrs["ref_min_score"]), float(attrs["ref_max_score"]))
+    assert (by_name.ref_min_score, by_name.ref_max_score) == (
+        float(attrs["ref_min_score"]),
+        float(attrs["ref_max_score"]),
+    )
     env = by_name.make_env()
     assert env.spec.id == str(attrs["env_id"])
     env.close()

@@ -10,7 +10,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHIPPED, load_script
 
 mopo = load_script("mopo")
@@ -28,9 +27,18 @@ def pendulum_data(n=None):
 def fixed_model(mean, logvar):
     """An ensemble whose forward returns the given [members, batch, dims] outputs."""
     members = mean.shape[0]
-    model = mopo.EnsembleDynamics(obs_dim=mean.shape[-1] - 1, act_dim=1, members=members, elites=members, hidden_dim=8, hidden_layers=1,
-                                  weight_decays=(0.0, 0.0))
-    model.forward = lambda obs, act, members=None: (mean, logvar) if members is None else (mean[members], logvar[members])
+    model = mopo.EnsembleDynamics(
+        obs_dim=mean.shape[-1] - 1,
+        act_dim=1,
+        members=members,
+        elites=members,
+        hidden_dim=8,
+        hidden_layers=1,
+        weight_decays=(0.0, 0.0),
+    )
+    model.forward = lambda obs, act, members=None: (
+        (mean, logvar) if members is None else (mean[members], logvar[members])
+    )
     return model
 
 
@@ -57,12 +65,15 @@ def test_optimizer_weight_decay_is_the_per_layer_l2_term():
     torch.manual_seed(0)
     obs, act, targets = torch.randn(4, 16, 3), torch.randn(4, 16, 1), torch.randn(4, 16, 4)
     decays = (0.5, 2.0, 4.0)
-    models = [mopo.EnsembleDynamics(3, 1, members=4, elites=2, hidden_dim=8, hidden_layers=2, weight_decays=decays) for _ in range(2)]
+    models = [
+        mopo.EnsembleDynamics(3, 1, members=4, elites=2, hidden_dim=8, hidden_layers=2, weight_decays=decays)
+        for _ in range(2)
+    ]
     models[1].load_state_dict(models[0].state_dict())
     grouped = torch.optim.Adam(models[0].optimizer_groups(), lr=0.1)
     plain = torch.optim.Adam(models[1].parameters(), lr=0.1)
     models[0].loss(obs, act, targets).backward()
-    l2 = sum(wd * 0.5 * (layer.weight ** 2).sum() for wd, layer in zip(decays, models[1].layers))
+    l2 = sum(wd * 0.5 * (layer.weight**2).sum() for wd, layer in zip(decays, models[1].layers))
     (models[1].loss(obs, act, targets) + l2).backward()
     grouped.step()
     plain.step()
@@ -87,7 +98,9 @@ def test_elites_are_best_members_restored_to_snapshots():
     assert torch.allclose(mse, torch.tensor(log["holdout_mse"]), rtol=1e-4)
     assert sorted(model.elite_idx.tolist()) == sorted(torch.argsort(mse)[:2].tolist())
     history = np.array(log["history"])
-    assert np.allclose(np.array(log["holdout_mse"]), history.min(0), rtol=0.02)  # each member's best epoch (within the 1 % rule)
+    assert np.allclose(
+        np.array(log["holdout_mse"]), history.min(0), rtol=0.02
+    )  # each member's best epoch (within the 1 % rule)
 
 
 def test_logvar_bounds_hold_for_extreme_inputs():
@@ -98,7 +111,9 @@ def test_logvar_bounds_hold_for_extreme_inputs():
     obs = torch.cat([torch.full((4, 3), 1e4), torch.full((4, 3), -1e4)])
     actions = torch.cat([torch.full((4, 1), 1e4), torch.full((4, 1), -1e4)])
     _, logvar = model(obs, actions)
-    assert (logvar <= 0.5 + 1e-4).all() and (logvar >= -10.0 - 1e-4).all()  # soft bounds: within softplus(-10.5) of them
+    assert (logvar <= 0.5 + 1e-4).all() and (
+        logvar >= -10.0 - 1e-4
+    ).all()  # soft bounds: within softplus(-10.5) of them
     assert torch.isfinite(logvar).all()
 
 
@@ -123,14 +138,21 @@ def test_morel_threshold_and_halt():
     data = pendulum_data(6)
     data.observations, data.actions = torch.zeros(6, 1), torch.zeros(6, 1)
     assert morel.usad_threshold(model, data, "epistemic", pessimism=2.0) == pytest.approx(2.5)
-    reward, done, unknown = morel.halt(torch.tensor([1.0, 1.0]), torch.tensor([False, True]), torch.tensor([3.0, 1.0]),
-                                       threshold=2.5, halt_reward=-7.0)
+    reward, done, unknown = morel.halt(
+        torch.tensor([1.0, 1.0]), torch.tensor([False, True]), torch.tensor([3.0, 1.0]), threshold=2.5, halt_reward=-7.0
+    )
     assert reward.tolist() == [-7.0, 1.0] and done.tolist() == [True, True] and unknown.tolist() == [True, False]
 
 
-@pytest.mark.parametrize("env_id,kwargs,fn", [("Hopper-v4", {}, "hopper_done"), ("Walker2d-v4", {}, "walker2d_done"),
-                                              ("Ant-v4", {"use_contact_forces": True}, "ant_done"),
-                                              ("HalfCheetah-v4", {}, "halfcheetah_done")])
+@pytest.mark.parametrize(
+    "env_id,kwargs,fn",
+    [
+        ("Hopper-v4", {}, "hopper_done"),
+        ("Walker2d-v4", {}, "walker2d_done"),
+        ("Ant-v4", {"use_contact_forces": True}, "ant_done"),
+        ("HalfCheetah-v4", {}, "halfcheetah_done"),
+    ],
+)
 def test_termination_matches_environment(env_id, kwargs, fn):
     """The rule on s' agrees with the environment's own `terminated` along random episodes."""
     env = gym.make(env_id, **kwargs)
@@ -155,7 +177,9 @@ def test_termination_known_states():
     assert not mopo.hopper_done(healthy)[0]
     for bad in ([0.6, 0.0], [1.25, 0.3], [1.25, -0.3]):
         assert mopo.hopper_done(torch.tensor([bad + [0.0] * 9]))[0]
-    assert mopo.hopper_done(torch.tensor([[1.25, 0.0] + [150.0] + [0.0] * 8]))[0]  # the |s'[1:]| < 100 bound MOPO's code drops
+    assert mopo.hopper_done(torch.tensor([[1.25, 0.0] + [150.0] + [0.0] * 8]))[
+        0
+    ]  # the |s'[1:]| < 100 bound MOPO's code drops
     assert mopo.hopper_done(torch.tensor([[float("nan"), 0.0] + [0.0] * 9]))[0]
     assert not mopo.walker2d_done(torch.tensor([[1.2, 0.5] + [0.0] * 15]))[0]
     assert mopo.walker2d_done(torch.tensor([[2.1, 0.0] + [0.0] * 15]))[0]
@@ -176,8 +200,17 @@ def test_learned_and_absent_termination():
     assert accuracy > 0.97
 
 
-SMALL = {"members": 3, "elites": 2, "hidden_dim": 16, "hidden_layers": 2, "batch_size": 256, "lr": 1e-3,
-         "holdout_size": 200, "patience": 5, "max_epochs": 1}
+SMALL = {
+    "members": 3,
+    "elites": 2,
+    "hidden_dim": 16,
+    "hidden_layers": 2,
+    "batch_size": 256,
+    "lr": 1e-3,
+    "holdout_size": 200,
+    "patience": 5,
+    "max_epochs": 1,
+}
 
 
 def test_cache_hit_miss_and_mismatch(tmp_path, monkeypatch, capsys):
@@ -186,7 +219,9 @@ def test_cache_hit_miss_and_mismatch(tmp_path, monkeypatch, capsys):
         mopo.EnsembleDynamics(3, 1, hidden_layers=2, weight_decays=(1.0,))
     SMALL_WD = dict(SMALL)
     first = mopo.load_or_train_dynamics(data, SMALL_WD, 0, str(tmp_path), None, torch.device("cpu"))
-    files = [f for f in os.listdir(tmp_path) if not f.endswith(".lock")]  # the lock that makes concurrent runs train once
+    files = [
+        f for f in os.listdir(tmp_path) if not f.endswith(".lock")
+    ]  # the lock that makes concurrent runs train once
     assert len(files) == 1 and "trained" in capsys.readouterr().out
     # hit: the same data, settings and seed load the file without training
     monkeypatch.setattr(mopo, "train_dynamics", lambda *a, **k: pytest.fail("trained although the cache matched"))
@@ -196,7 +231,11 @@ def test_cache_hit_miss_and_mismatch(tmp_path, monkeypatch, capsys):
         assert torch.equal(a, b)
     path = os.path.join(tmp_path, files[0])
     # mismatch through an explicit path: other settings, other seed, other data are refused
-    for settings, seed, other in ((dict(SMALL_WD, lr=3e-4), 0, data), (SMALL_WD, 1, data), (SMALL_WD, 0, pendulum_data(999))):
+    for settings, seed, other in (
+        (dict(SMALL_WD, lr=3e-4), 0, data),
+        (SMALL_WD, 1, data),
+        (SMALL_WD, 0, pendulum_data(999)),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             mopo.load_or_train_dynamics(other, settings, seed, str(tmp_path), path, torch.device("cpu"))
         assert "trained with other" in str(exit_info.value)

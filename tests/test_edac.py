@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import ROOT, SHIPPED, load_script, print_scores
 
 m = load_script("edac")
@@ -104,11 +103,38 @@ def test_learns(tmp_path):
     With the current code (fused Adam) seed 0 scores -5.1, 37.2, 93.6 at the same
     evaluations (`pytest -m learning -rP` prints them).
     """
-    command = [sys.executable, os.path.join(ROOT, "algorithms", "edac.py"),
-               "--dataset", os.path.join(SHIPPED, "pendulum-medium-replay.hdf5"), "--num-updates", "3000",
-               "--eval-every", "1000", "--eval-episodes", "5", "--hidden-dim", "64", "--num-critics", "5", "--actor-lr", "1e-3",
-               "--critic-lr", "1e-3", "--alpha-lr", "1e-3", "--checkpoint-every", "100000", "--threads", "1",
-               "--device", "cpu", "--runs-dir", str(tmp_path), "--seed", "0"]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "algorithms", "edac.py"),
+        "--dataset",
+        os.path.join(SHIPPED, "pendulum-medium-replay.hdf5"),
+        "--num-updates",
+        "3000",
+        "--eval-every",
+        "1000",
+        "--eval-episodes",
+        "5",
+        "--hidden-dim",
+        "64",
+        "--num-critics",
+        "5",
+        "--actor-lr",
+        "1e-3",
+        "--critic-lr",
+        "1e-3",
+        "--alpha-lr",
+        "1e-3",
+        "--checkpoint-every",
+        "100000",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(tmp_path),
+        "--seed",
+        "0",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

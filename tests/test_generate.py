@@ -11,7 +11,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, load_script
 
 ENV_ID = "Pendulum-v1"  # 200-step episodes, cut by time limits only
@@ -27,10 +26,30 @@ GENERATE = os.path.join(ROOT, "datasets", "generate.py")
 @pytest.fixture(scope="module")
 def sac_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("sac_runs")
-    cmd = [sys.executable, os.path.join(ROOT, "algorithms", "sac.py"), "--env-id", ENV_ID,
-           "--total-timesteps", str(SAC_STEPS), "--learning-starts", "200", "--eval-every", str(SAC_EVAL_EVERY),
-           "--eval-episodes", "2", "--hidden-dim", "64", "--batch-size", "64", "--threads", "1",
-           "--device", "cpu", "--runs-dir", str(runs)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "algorithms", "sac.py"),
+        "--env-id",
+        ENV_ID,
+        "--total-timesteps",
+        str(SAC_STEPS),
+        "--learning-starts",
+        "200",
+        "--eval-every",
+        str(SAC_EVAL_EVERY),
+        "--eval-episodes",
+        "2",
+        "--hidden-dim",
+        "64",
+        "--batch-size",
+        "64",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(runs),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(r"^run directory: (.+)$", result.stdout, re.M)
@@ -39,8 +58,22 @@ def sac_run(tmp_path_factory):
 
 
 def generate_args(sac_run, level, out, seed=0):
-    return [sys.executable, GENERATE, "--sac-run", sac_run, "--level", level, "--num-steps", str(NUM_STEPS),
-            "--ref-episodes", "2", "--seed", str(seed), "--out", out]
+    return [
+        sys.executable,
+        GENERATE,
+        "--sac-run",
+        sac_run,
+        "--level",
+        level,
+        "--num-steps",
+        str(NUM_STEPS),
+        "--ref-episodes",
+        "2",
+        "--seed",
+        str(seed),
+        "--out",
+        out,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +86,10 @@ def generated(sac_run, tmp_path_factory):
     jobs["medium-again"] = generate_args(sac_run, "medium", str(out / "medium-again.hdf5"))
     jobs["medium-seed1"] = generate_args(sac_run, "medium", str(out / "medium-seed1.hdf5"), seed=1)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-             for name, cmd in jobs.items()}
+    procs = {
+        name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        for name, cmd in jobs.items()
+    }
     results = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
@@ -73,8 +108,10 @@ def read(path):
 
 
 def checkpoint_info(sac_run):
-    return [torch.load(p, map_location="cpu", weights_only=False)
-            for p in sorted(glob.glob(os.path.join(sac_run, "checkpoints", "actor_*.pt")))]
+    return [
+        torch.load(p, map_location="cpu", weights_only=False)
+        for p in sorted(glob.glob(os.path.join(sac_run, "checkpoints", "actor_*.pt")))
+    ]
 
 
 # ---------------------------------------------------------------------------- the SAC run it starts from
@@ -201,8 +238,10 @@ def test_different_seed_different_arrays(generated):
 
 
 def test_reference_returns_same_for_every_level(generated):
-    refs = {level: (read(generated[level][0])[1]["ref_min_score"], read(generated[level][0])[1]["ref_max_score"])
-            for level in LEVELS}
+    refs = {
+        level: (read(generated[level][0])[1]["ref_min_score"], read(generated[level][0])[1]["ref_max_score"])
+        for level in LEVELS
+    }
     assert len(set(refs.values())) == 1, refs
 
 
@@ -225,8 +264,13 @@ def test_generated_file_loads_in_bc(generated):
 
 
 def test_level_without_sac_run_is_an_error(tmp_path):
-    result = subprocess.run([sys.executable, GENERATE, "--level", "medium", "--out", str(tmp_path / "x.hdf5")],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, GENERATE, "--level", "medium", "--out", str(tmp_path / "x.hdf5")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error:") and "--sac-run" in result.stderr
     assert not (tmp_path / "x.hdf5").exists()

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, load_script, print_scores
 
 m = load_script("iql")
@@ -56,7 +55,9 @@ def test_value_loss_uses_min_of_target_q():
 def test_advantage_weights_and_clip():
     advantage = torch.tensor([0.0, 1.0, 2.0, -1.0, 1000.0])
     w = m.advantage_weights(advantage, beta=3.0, max_weight=100.0)
-    expected = torch.tensor([1.0, math.exp(3.0), 100.0, math.exp(-3.0), 100.0])  # exp(6) = 403 and exp(3000) = inf clip to 100
+    expected = torch.tensor(
+        [1.0, math.exp(3.0), 100.0, math.exp(-3.0), 100.0]
+    )  # exp(6) = 403 and exp(3000) = inf clip to 100
     assert torch.allclose(w, expected)
     assert torch.isfinite(w).all()
     # β = 0 is behaviour cloning: every weight is 1
@@ -110,8 +111,16 @@ def test_reward_scale_from_the_loader_episodes():
     rewards = np.array([1.0, 1.0, 1.0, 5.0, 5.0, 0.5, 0.5, 0.5], dtype=np.float32)
     terminals = np.array([0, 0, 1, 0, 0, 0, 0, 0], dtype=bool)
     timeouts = np.array([0, 0, 0, 0, 1, 0, 0, 1], dtype=bool)
-    data = m.transitions_from_arrays({"observations": np.zeros((8, 1)), "actions": np.zeros((8, 1)), "rewards": rewards,
-                                      "terminals": terminals, "timeouts": timeouts}, "test")
+    data = m.transitions_from_arrays(
+        {
+            "observations": np.zeros((8, 1)),
+            "actions": np.zeros((8, 1)),
+            "rewards": rewards,
+            "terminals": terminals,
+            "timeouts": timeouts,
+        },
+        "test",
+    )
     np.testing.assert_allclose(data["episode_returns"], [3.0, 10.0, 1.5])
     assert math.isclose(m.reward_scale(data["episode_returns"]), 1000.0 / 8.5)
 
@@ -128,9 +137,26 @@ def test_learns(tmp_path):
     With the current code (fused Adam) seed 0 scores -21.8, 16.9, 43.4 at the same
     evaluations (`pytest -m learning -rP` prints them).
     """
-    command = [sys.executable, os.path.join(ROOT, "algorithms", "iql.py"), "--dataset", "shipped/pendulum-medium-replay",
-               "--num-updates", "3000", "--eval-every", "1000", "--eval-episodes", "10", "--seed", "0",
-               "--threads", "1", "--device", "cpu", "--runs-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "algorithms", "iql.py"),
+        "--dataset",
+        "shipped/pendulum-medium-replay",
+        "--num-updates",
+        "3000",
+        "--eval-every",
+        "1000",
+        "--eval-episodes",
+        "10",
+        "--seed",
+        "0",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(tmp_path),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -12,15 +12,25 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, print_scores
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
 
 
 def train(algo: str, runs_dir, *argv: str) -> dict:
-    command = [sys.executable, os.path.join(ROOT, "algorithms", algo + ".py"), "--seed", "0", "--threads", "1",
-               "--device", "cpu", "--runs-dir", str(runs_dir), *argv]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "algorithms", algo + ".py"),
+        "--seed",
+        "0",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(runs_dir),
+        *argv,
+    ]
     done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (path,) = glob.glob(str(runs_dir / f"{algo}__*" / "results.json"))
@@ -42,7 +52,10 @@ def test_td3_bc_beats_bc_and_the_data(tmp_path):
     print_scores("td3_bc", td3_bc)
     print_scores("bc", bc)
     assert td3_bc["best_normalized_score"] > 16.0, td3_bc["evaluations"]
-    assert td3_bc["best_normalized_score"] > bc["best_normalized_score"] + 2.0, (td3_bc["evaluations"], bc["evaluations"])
+    assert td3_bc["best_normalized_score"] > bc["best_normalized_score"] + 2.0, (
+        td3_bc["evaluations"],
+        bc["evaluations"],
+    )
     assert td3_bc["best_normalized_score"] > td3_bc["behaviour_normalized_score"] + 4.0
 
 
@@ -53,8 +66,18 @@ def dynamics_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("dynamics"))
 
 
-MODEL_BASED_BUDGET = ["--dataset", "shipped/pendulum-medium-replay", "--num-updates", "5000", "--eval-every", "1000",
-                      "--rollout-batch-size", "5000", "--dynamics-max-epochs", "50"]
+MODEL_BASED_BUDGET = [
+    "--dataset",
+    "shipped/pendulum-medium-replay",
+    "--num-updates",
+    "5000",
+    "--eval-every",
+    "1000",
+    "--rollout-batch-size",
+    "5000",
+    "--dynamics-max-epochs",
+    "50",
+]
 
 
 @pytest.mark.learning
@@ -76,7 +99,8 @@ def test_morel_beats_the_data(tmp_path, dynamics_cache):
     """MOReL on shipped/pendulum-medium-replay (behaviour data 2.2), the same ensemble as MOPO.
 
     Our run (seed 0), normalised score at 1k/2k/3k/4k/5k updates: -4.0, 6.5, 5.5, 13.4, 12.0
-    (USAD threshold 1.06, HALT reward -16.0); with the current code -11.8, 7.2, 5.6, 19.1, 7.3. Threshold 8 on the best: MOReL learns more
+    (USAD threshold 1.06, HALT reward -16.0); with the current code -11.8, 7.2, 5.6, 19.1, 7.3.
+    Threshold 8 on the best: MOReL learns more
     slowly than MOPO here, as HALT ends many short rollouts of a policy still far from the data.
     """
     results = train("morel", tmp_path, *MODEL_BASED_BUDGET, "--dynamics-cache-dir", dynamics_cache)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import ROOT, SHIPPED, load_script, print_scores
 
 m = load_script("rebrac")
@@ -22,7 +21,9 @@ def test_penalised_target_on_a_hand_case():
     dataset_next = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # squared distances 0.25, 1, 2
     has_next = torch.tensor([1.0, 0.0, 1.0])  # the second transition has no a'_D: no penalty
     rewards, terminals = torch.tensor([1.0, 0.0, 3.0]), torch.tensor([0.0, 0.0, 1.0])
-    y = m.penalised_target(rewards, terminals, next_q, next_actions, dataset_next, has_next, gamma=0.5, critic_bc_coef=2.0)
+    y = m.penalised_target(
+        rewards, terminals, next_q, next_actions, dataset_next, has_next, gamma=0.5, critic_bc_coef=2.0
+    )
     # 1 + 0.5 (1 - 2 * 0.25) = 1.25;  0 + 0.5 (2 - 0) = 1;  the third ends the episode: 3
     torch.testing.assert_close(y, torch.tensor([1.25, 1.0, 3.0]))
 
@@ -49,12 +50,27 @@ class FixedQ(nn.Module):
 
 def test_critic_loss_penalises_the_target_by_the_distance_to_the_dataset_next_action():
     target_action = torch.tensor([[0.5], [-0.5]])
-    batch = (torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([1.0, 0.0]), torch.zeros(2, 1), torch.zeros(2),
-             torch.tensor([[0.0], [0.5]]), torch.ones(2))  # a'_D; penalties 0.25 and 1
+    batch = (
+        torch.zeros(2, 1),
+        torch.zeros(2, 1),
+        torch.tensor([1.0, 0.0]),
+        torch.zeros(2, 1),
+        torch.zeros(2),
+        torch.tensor([[0.0], [0.5]]),
+        torch.ones(2),
+    )  # a'_D; penalties 0.25 and 1
     q = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
     target_q = torch.tensor([[4.0, 2.0], [3.0, 6.0]])  # min [3, 2]
-    loss, _ = m.critic_loss_fn(FixedQ(q), FixedQ(target_q), FixedActor(target_action), batch, gamma=0.5,
-                               critic_bc_coef=4.0, policy_noise=0.0, noise_clip=0.5)
+    loss, _ = m.critic_loss_fn(
+        FixedQ(q),
+        FixedQ(target_q),
+        FixedActor(target_action),
+        batch,
+        gamma=0.5,
+        critic_bc_coef=4.0,
+        policy_noise=0.0,
+        noise_clip=0.5,
+    )
     y = torch.tensor([1.0 + 0.5 * (3.0 - 4.0 * 0.25), 0.0 + 0.5 * (2.0 - 4.0 * 1.0)])  # [2, -1]
     expected = ((q - y) ** 2).mean(1).sum()  # ((1 + 4) + (0 + 1)) / 2 = 3
     torch.testing.assert_close(loss, expected)
@@ -90,9 +106,18 @@ def test_dataset_next_actions_follow_the_episode():
     next_observations = torch.tensor([[1.0], [2.0], [3.0], [11.0], [11.0]])  # row 2 is cut (next row starts anew)
     actions = torch.tensor([[0.1], [0.2], [0.3], [0.4], [0.5]])
     terminals = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])
-    data = m.OfflineData(name="toy", observations=observations, actions=actions, rewards=torch.zeros(5),
-                         next_observations=next_observations, terminals=terminals, episode_returns=np.zeros(2),
-                         make_env=None, ref_min_score=0.0, ref_max_score=1.0)
+    data = m.OfflineData(
+        name="toy",
+        observations=observations,
+        actions=actions,
+        rewards=torch.zeros(5),
+        next_observations=next_observations,
+        terminals=terminals,
+        episode_returns=np.zeros(2),
+        make_env=None,
+        ref_min_score=0.0,
+        ref_max_score=1.0,
+    )
     next_actions, has_next = m.dataset_next_actions(data)
     torch.testing.assert_close(has_next, torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0]))
     torch.testing.assert_close(next_actions, torch.tensor([[0.2], [0.3], [0.3], [0.5], [0.5]]))
@@ -138,10 +163,32 @@ def test_learns(tmp_path):
     With the current code (fused Adam) seed 0 scores 15.6, 67.9, 99.8, 104.9 at the same
     evaluations (`pytest -m learning -rP` prints them).
     """
-    command = [sys.executable, os.path.join(ROOT, "algorithms", "rebrac.py"),
-               "--dataset", os.path.join(SHIPPED, "pendulum-medium-replay.hdf5"), "--num-updates", "10000",
-               "--eval-every", "2500", "--eval-episodes", "5", "--hidden-dim", "64", "--batch-size", "256",
-               "--checkpoint-every", "100000", "--threads", "1", "--device", "cpu", "--runs-dir", str(tmp_path), "--seed", "0"]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "algorithms", "rebrac.py"),
+        "--dataset",
+        os.path.join(SHIPPED, "pendulum-medium-replay.hdf5"),
+        "--num-updates",
+        "10000",
+        "--eval-every",
+        "2500",
+        "--eval-episodes",
+        "5",
+        "--hidden-dim",
+        "64",
+        "--batch-size",
+        "256",
+        "--checkpoint-every",
+        "100000",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(tmp_path),
+        "--seed",
+        "0",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -10,7 +10,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT
 from scripts import args_fields, script_names, tiny_args
 
@@ -19,7 +18,12 @@ BUDGET = ["--num-updates", "1500", "--eval-every", "300", "--checkpoint-every", 
 
 
 def command(name, runs_dir):
-    return [sys.executable, os.path.join(ROOT, "algorithms", name + ".py"), *tiny_args(name, runs_dir=runs_dir), *BUDGET]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "algorithms", name + ".py"),
+        *tiny_args(name, runs_dir=runs_dir),
+        *BUDGET,
+    ]
 
 
 def checkpoint_step(run_dir):
@@ -37,7 +41,9 @@ def test_kill_and_resume(name, tmp_path):
     whole = subprocess.run(command(name, str(tmp_path / "whole")), capture_output=True, text=True, env=ENV, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
 
-    process = subprocess.Popen(command(name, str(tmp_path / "killed")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    process = subprocess.Popen(
+        command(name, str(tmp_path / "killed")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
+    )
     deadline = time.time() + 300
     run_dir = None
     while time.time() < deadline and process.poll() is None:
@@ -52,8 +58,13 @@ def test_kill_and_resume(name, tmp_path):
     killed_at = checkpoint_step(run_dir)
     assert killed_at < 1500
 
-    resumed = subprocess.run([sys.executable, os.path.join(ROOT, "algorithms", name + ".py"), "--resume", run_dir],
-                             capture_output=True, text=True, env=ENV, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "algorithms", name + ".py"), "--resume", run_dir],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     (whole_dir,) = glob.glob(str(tmp_path / "whole" / f"{name}__*"))
@@ -61,11 +72,19 @@ def test_kill_and_resume(name, tmp_path):
     got = json.load(open(os.path.join(run_dir, "results.json")))
     assert got["evaluations"] == expected["evaluations"]
     assert got["last_normalized_score"] == expected["last_normalized_score"]
-    final_whole = torch.load(os.path.join(whole_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)["objects"]
-    final_resumed = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)["objects"]
+    final_whole = torch.load(os.path.join(whole_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)[
+        "objects"
+    ]
+    final_resumed = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)[
+        "objects"
+    ]
     for key, state in final_whole.items():
         if key.endswith("opt") or key == "optimizer":
             continue
         for param, value in state.items():
-            same = torch.equal(value, final_resumed[key][param]) if torch.is_tensor(value) else value == final_resumed[key][param]
+            same = (
+                torch.equal(value, final_resumed[key][param])
+                if torch.is_tensor(value)
+                else value == final_resumed[key][param]
+            )
             assert same, f"{key}.{param} differs after resume"

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import ROOT, SHIPPED, load_script, print_scores
 
 m = load_script("sac_n")
@@ -42,7 +41,13 @@ def test_critic_loss_sums_members_and_averages_the_batch():
     q = torch.tensor([[1.0, 2.0], [0.0, 4.0]])  # 2 members, 2 transitions
     target_q = torch.tensor([[3.0, 1.0], [2.0, 6.0]])  # min over members: [2, 1]
     actor = lambda obs: (torch.zeros(2, 1), torch.zeros(2))  # noqa: E731  (log π = 0: no entropy term)
-    batch = (torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([1.0, 0.0]), torch.zeros(2, 1), torch.tensor([0.0, 1.0]))
+    batch = (
+        torch.zeros(2, 1),
+        torch.zeros(2, 1),
+        torch.tensor([1.0, 0.0]),
+        torch.zeros(2, 1),
+        torch.tensor([0.0, 1.0]),
+    )
     loss, _ = m.critic_loss_fn(FixedQ(q), FixedQ(target_q), actor, batch, gamma=0.5, alpha=1.0)
     y = torch.tensor([1.0 + 0.5 * 2.0, 0.0])  # [2, 0]
     expected = ((1 - 2) ** 2 + (2 - 0) ** 2) / 2 + ((0 - 2) ** 2 + (4 - 0) ** 2) / 2  # 2.5 + 10
@@ -73,7 +78,9 @@ def test_frozen_critic_matches_forward_and_gives_action_gradients_only():
 
 def test_tanh_gaussian_log_prob_matches_torch_distributions():
     torch.manual_seed(0)
-    actor = m.Actor(obs_dim=3, act_dim=2, hidden_dim=32, action_low=np.array([-2.0, -1.0]), action_high=np.array([2.0, 1.0]))
+    actor = m.Actor(
+        obs_dim=3, act_dim=2, hidden_dim=32, action_low=np.array([-2.0, -1.0]), action_high=np.array([2.0, 1.0])
+    )
     for head in (actor.mean, actor.log_std):  # a policy far from its near-zero initialisation
         nn.init.normal_(head.weight)
     obs = torch.randn(5, 3)
@@ -81,8 +88,13 @@ def test_tanh_gaussian_log_prob_matches_torch_distributions():
     action, log_prob = actor(obs)
     h = actor.trunk(obs)
     base = torch.distributions.Normal(actor.mean(h), actor.log_std(h).clamp(actor.LOG_STD_MIN, actor.LOG_STD_MAX).exp())
-    dist = torch.distributions.TransformedDistribution(base, [torch.distributions.TanhTransform(),
-                                                              torch.distributions.AffineTransform(actor.action_bias, actor.action_scale)])
+    dist = torch.distributions.TransformedDistribution(
+        base,
+        [
+            torch.distributions.TanhTransform(),
+            torch.distributions.AffineTransform(actor.action_bias, actor.action_scale),
+        ],
+    )
     torch.testing.assert_close(log_prob, dist.log_prob(action).sum(-1), rtol=1e-4, atol=1e-3)
     assert (action.abs() <= actor.action_scale).all()
 
@@ -107,11 +119,36 @@ def test_learns(tmp_path):
     With the current code (fused Adam) seed 0 scores -5.0, 33.1, 91.1, 101.3 at the same
     evaluations (`pytest -m learning -rP` prints them).
     """
-    command = [sys.executable, os.path.join(ROOT, "algorithms", "sac_n.py"),
-               "--dataset", os.path.join(SHIPPED, "pendulum-medium-replay.hdf5"), "--num-updates", "4000",
-               "--eval-every", "1000", "--eval-episodes", "5", "--hidden-dim", "64", "--actor-lr", "1e-3",
-               "--critic-lr", "1e-3", "--alpha-lr", "1e-3", "--checkpoint-every", "100000", "--threads", "1",
-               "--device", "cpu", "--runs-dir", str(tmp_path), "--seed", "0"]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "algorithms", "sac_n.py"),
+        "--dataset",
+        os.path.join(SHIPPED, "pendulum-medium-replay.hdf5"),
+        "--num-updates",
+        "4000",
+        "--eval-every",
+        "1000",
+        "--eval-episodes",
+        "5",
+        "--hidden-dim",
+        "64",
+        "--actor-lr",
+        "1e-3",
+        "--critic-lr",
+        "1e-3",
+        "--alpha-lr",
+        "1e-3",
+        "--checkpoint-every",
+        "100000",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(tmp_path),
+        "--seed",
+        "0",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

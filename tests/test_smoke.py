@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, load_script
-from scripts import SMOKE_DATASET, args_fields, script_names, tiny_args
+from scripts import SMOKE_DATASET, script_names, tiny_args
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
 
@@ -40,7 +39,10 @@ def test_self_contained(name, tmp_path):
     shutil.copy(SMOKE_DATASET, tmp_path / "data.hdf5")
     help_run = run([name + ".py", "--help"], cwd=alone)
     assert help_run.returncode == 0 and "--seed" in help_run.stdout, help_run.stderr[-2000:]
-    result = run([name + ".py", *tiny_args(name, dataset=str(tmp_path / "data.hdf5"), runs_dir=str(tmp_path / "runs"))], cwd=alone)
+    result = run(
+        [name + ".py", *tiny_args(name, dataset=str(tmp_path / "data.hdf5"), runs_dir=str(tmp_path / "runs"))],
+        cwd=alone,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -57,11 +59,40 @@ def test_bad_config_key_is_one_line(name, tmp_path):
 
 def test_mbpo_online(tmp_path):
     """Online MBPO on Pendulum with a tiny budget: model refits, rollouts and G updates per step run."""
-    argv = [os.path.join(ROOT, "algorithms", "mbpo.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "600",
-            "--init-random-steps", "200", "--model-train-every", "200", "--updates-per-step", "2",
-            "--online-rollout-batch-size", "100", "--rollout-schedule", "0", "1", "1", "3", "--dynamics-max-epochs", "2",
-            "--eval-every", "300", "--eval-episodes", "1", "--batch-size", "32", "--threads", "1", "--device", "cpu",
-            "--runs-dir", str(tmp_path)]
+    argv = [
+        os.path.join(ROOT, "algorithms", "mbpo.py"),
+        "--env-id",
+        "Pendulum-v1",
+        "--total-timesteps",
+        "600",
+        "--init-random-steps",
+        "200",
+        "--model-train-every",
+        "200",
+        "--updates-per-step",
+        "2",
+        "--online-rollout-batch-size",
+        "100",
+        "--rollout-schedule",
+        "0",
+        "1",
+        "1",
+        "3",
+        "--dynamics-max-epochs",
+        "2",
+        "--eval-every",
+        "300",
+        "--eval-episodes",
+        "1",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(tmp_path),
+    ]
     result = run(argv, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = glob.glob(str(tmp_path / "mbpo__*" / "results.json"))

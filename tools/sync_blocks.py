@@ -39,8 +39,11 @@ def check() -> list[str]:
         with open(path) as f:
             for name, text in blocks(f.read()).items():
                 copies.setdefault(name, {}).setdefault(text, []).append(os.path.relpath(path, ROOT))
-    return [f"block {name!r} differs between: " + " | ".join(", ".join(files) for files in versions.values())
-            for name, versions in sorted(copies.items()) if len(versions) > 1]
+    return [
+        f"block {name!r} differs between: " + " | ".join(", ".join(files) for files in versions.values())
+        for name, versions in sorted(copies.items())
+        if len(versions) > 1
+    ]
 
 
 def sync(source: str) -> list[str]:
