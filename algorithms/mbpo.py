@@ -528,6 +528,14 @@ def make_writer(args, run_dir: str, start_step: int = 0) -> SummaryWriter:
     return writer
 
 
+def log_scalars(writer: SummaryWriter, logs: dict, step: int) -> None:
+    """Write named scalars (tensors or numbers) to tensorboard; each name has its prefix (losses/, values/, ...).
+
+    Called at logging intervals only: reading a tensor's value synchronises the device."""
+    for key, value in logs.items():
+        writer.add_scalar(key, float(value), step)
+
+
 def write_results(run_dir: str, results: dict) -> None:
     path = os.path.join(run_dir, "results.json")
     with open(path + ".tmp", "w") as f:
