@@ -21,6 +21,7 @@ Example:
     python algorithms/mopo.py --dataset shipped/hopper-medium-replay --num-updates 50000
 """
 
+import contextlib
 import copy
 import ctypes
 import fcntl
@@ -30,7 +31,9 @@ import os
 import random
 import re
 import sys
+import tempfile
 import time
+import typing
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -138,19 +141,15 @@ class Args:
     """YAML file whose keys override these defaults (the command line still wins)"""
 
 
-def dynamics_settings(args: Args) -> dict:
-    """The settings a trained ensemble depends on (its cache key, with the data and the seed)."""
-    return {
-        "members": args.dynamics_members,
-        "elites": args.dynamics_elites,
-        "hidden_dim": args.dynamics_hidden_dim,
-        "hidden_layers": args.dynamics_hidden_layers,
-        "batch_size": args.dynamics_batch_size,
-        "lr": args.dynamics_lr,
-        "holdout_size": args.dynamics_holdout_size,
-        "patience": args.dynamics_patience,
-        "max_epochs": args.dynamics_max_epochs,
-    }
+def uncertainty_of(mean: torch.Tensor, std: torch.Tensor, kind: str) -> torch.Tensor:
+    """u(s, a) from the members' predicted means and stds ([members, batch, dims]).
+
+    aleatoric: the largest norm of a member's predicted std (the paper's max_i ||Σ_i(s, a)||_F);
+    epistemic: the largest distance of a member's mean from the members' mean (disagreement).
+    """
+    if kind == "aleatoric":
+        return std.norm(dim=-1).amax(0)
+    return (mean - mean.mean(0)).norm(dim=-1).amax(0)
 
 
 def penalized_reward(reward: torch.Tensor, uncertainty: torch.Tensor, penalty_coef: float) -> torch.Tensor:
@@ -172,19 +171,10 @@ def rollout(
     obs, steps = start_obs, []
     for _ in range(horizon):
         actions, _ = actor(obs)
-        next_obs, reward, u = model.step(obs, actions)
+        next_obs, reward, mean, std = model.step(obs, actions)
+        u = uncertainty_of(mean, std, uncertainty)
         done = done_fn(next_obs)
-        steps.append(
-            (
-                obs,
-                actions,
-                penalized_reward(reward, u[uncertainty], penalty_coef),
-                next_obs,
-                done.float(),
-                u[uncertainty],
-                reward,
-            )
-        )
+        steps.append((obs, actions, penalized_reward(reward, u, penalty_coef), next_obs, done.float(), u, reward))
         obs = next_obs[~done]
         if len(obs) == 0:
             break
@@ -247,17 +237,17 @@ def main():
             agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic=True)[0].cpu().numpy()
         )
 
-    run_dir = make_run_dir(args, SCRIPT_NAME, args.dataset)
+    run_dir = make_run_dir(args, args.dataset)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     trained = {"agent": agent, **agent.optimizers(), "model_buffer": model_buffer}
-    step, history, train_time = 0, [], 0.0
+    step, history, clock_state = 0, [], None
     if args.resume:
         step, extra = load_checkpoint(checkpoint_path, trained)
-        history, train_time = extra["history"], extra["train_time"]
+        history, clock_state = extra["history"], extra["clock"]
     writer = make_writer(args, run_dir, step)
 
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
-    tick = time.time()
+    clock, rollout_stats = TrainClock(clock_state), {}  # a run resumed between rollouts logs none until the next
     for step in bar:
         if (step - 1) % args.rollout_every == 0:
             start = data.observations[torch.randint(0, len(data.rewards), (args.rollout_batch_size,), device=device)]
@@ -267,34 +257,35 @@ def main():
             model_buffer.add(*batch)
         real, imagined = data.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
         logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
+        clock.tick()
 
         if step % args.log_every == 0:
             for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
                 writer.add_scalar(key, value.item(), step)
         if step % args.eval_every == 0 or step == args.num_updates:
-            train_time += time.time() - tick
-            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
-            record_evaluation(run_dir, writer, history, step, returns, data, SCRIPT_NAME, args.seed, train_time)
-            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
-            tick = time.time()
+            with clock.paused():
+                returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
+                bar.set_postfix(
+                    score=record_evaluation(run_dir, writer, history, step, returns, data, args.seed, clock)
+                )
         if step % args.checkpoint_every == 0 or step == args.num_updates:
-            save_checkpoint(
-                checkpoint_path, step, trained, {"history": history, "train_time": train_time + time.time() - tick}
-            )
+            with clock.paused():
+                save_checkpoint(checkpoint_path, step, trained, {"history": history, "clock": clock.state_dict()})
 
     writer.close()
-    results = json.load(open(os.path.join(run_dir, "results.json")))
-    print(
-        f"{SCRIPT_NAME} on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
-        f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run "
-        f"directory {run_dir}"
-    )
+    print(final_summary(run_dir))
 
 
 # ======== shared blocks below: the plumbing every script carries, copied byte for byte (tools/sync_blocks.py) ========
 # ---- shared: config ----
-def parse_args(args_cls):
-    """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume).
+# Options a resumed run may change: they set how long and how often, not what is learned.
+RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every", "log_every"}
+RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
+
+
+def parse_args(args_cls, limits: Optional[dict] = None):
+    """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume),
+    then every value checked (check_args) before anything is loaded or written.
 
     Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
     """
@@ -308,7 +299,8 @@ def parse_args(args_cls):
                 return arg.split("=", 1)[1]
         return None
 
-    defaults = args_cls()
+    defaults, saved = args_cls(), None
+    hints = typing.get_type_hints(args_cls)
     for flag in ("--resume", "--config"):
         path = option(flag)
         if path is None or not hasattr(defaults, flag[2:]):
@@ -316,24 +308,100 @@ def parse_args(args_cls):
         if flag == "--resume":
             path = os.path.join(path, "config.yaml")
         if not os.path.isfile(path):
-            sys.exit(
-                f"error: {flag}: {path!r} does not exist; "
-                + (
-                    "pass the run directory of an earlier run"
-                    if flag == "--resume"
-                    else "pass a YAML file such as one in benchmarks/configs/"
-                )
-            )
+            hint = "pass the run directory of an earlier run" if flag == "--resume" else "pass a YAML file"
+            sys.exit(f"error: {flag}: {path!r} does not exist; {hint}")
         try:
             with open(path) as f:
                 overrides = yaml.safe_load(f) or {}
             if not isinstance(overrides, dict):
                 raise ValueError("the file is not a mapping of Args fields to values")
+            unknown = sorted(set(overrides) - set(hints))
+            if unknown:
+                raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+            for key, value in overrides.items():
+                if not value_fits(value, hints[key]):
+                    raise ValueError(f"{key}: {value!r} is not a {type_name(hints[key])}")
             defaults = pyrallis.decode(args_cls, {**pyrallis.encode(defaults), **overrides})
         except Exception as e:  # unknown keys, wrong types, broken YAML
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
-    return tyro.cli(args_cls, default=defaults)
+        if flag == "--resume":
+            saved = pyrallis.encode(defaults)
+    args = tyro.cli(args_cls, default=defaults)
+    if saved is not None:  # a resumed run keeps what it learns with
+        now = pyrallis.encode(args)
+        changed = [k for k in now if k not in RESUMABLE and now[k] != saved.get(k)]
+        if changed:
+            k = changed[0]
+            sys.exit(
+                f"error: --resume: --{k.replace('_', '-')} {now[k]} differs from the run's {saved.get(k)}; a resumed "
+                f"run keeps its settings (only {', '.join(sorted(RESUMABLE & set(now)))} may change): start a new run"
+            )
+    problem = check_args(args, hints, limits or {})
+    if problem:
+        sys.exit(f"error: {problem}")
+    if getattr(args, "resume", None):
+        check_writable(args.resume, "the run directory of --resume")
+    elif hasattr(args, "runs_dir"):
+        check_writable(args.runs_dir, "--runs-dir")
+    return args
+
+
+def value_fits(value, hint) -> bool:
+    """Whether a YAML value is of the field's type (no silent casts: "false" is not a bool, 64.9 not an int)."""
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(value_fits(value, p) for p in params)
+    if hint is type(None):
+        return value is None
+    if origin in (tuple, list):
+        items = params if origin is tuple and Ellipsis not in params else (params[0],) * len(value or ())
+        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(map(value_fits, value, items))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_args(args, hints: dict, limits: dict) -> Optional[str]:
+    """The first value out of its range, as a sentence (None when all are fine).
+
+    General rules by kind: counts and sizes (int) are positive, or non-negative where the default is
+    0 (0 means off or no cap); learning rates are positive; the discount γ is in (0, 1]; τ and
+    fractions (`*_ratio`) are in [0, 1]; `threads` >= 0. `limits` (next to a script's Args) adds
+    or overrides a field's range as "low, high" with ( ) open and [ ] closed ends, e.g. "(0, 1)".
+    """
+    defaults = type(args)()
+    for name, hint in hints.items():
+        value = getattr(args, name)
+        if name in limits:
+            rule = limits[name]
+        elif name == "seed" or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        elif name in ("gamma",):
+            rule = "(0, 1]"
+        elif name == "tau" or name.endswith("_ratio"):
+            rule = "[0, 1]"
+        elif name == "lr" or name.endswith("_lr"):
+            rule = "(0, inf)"
+        elif hint is int:
+            rule = "[0, inf)" if getattr(defaults, name) == 0 or name == "threads" else "[1, inf)"
+        else:
+            continue
+        low, high = (float(x) for x in rule[1:-1].split(","))
+        inside = (low < value if rule[0] == "(" else low <= value) and (
+            value < high if rule[-1] == ")" else value <= high
+        )
+        if not inside:
+            return f"--{name.replace('_', '-')} {value} is out of range: it must be in {rule}"
+    return None
 
 
 # ---- end shared: config ----
@@ -355,8 +423,12 @@ def pick_device(name: str, threads: int = 0) -> torch.device:
         torch.set_num_threads(threads)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        sys.exit(f"error: --device {name!r} is not a device this script runs on; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: --device mps was asked for but torch sees no MPS device; use --device cpu")
     if name == "cpu":
         keep_freed_memory()
     return torch.device(name)
@@ -378,21 +450,51 @@ def keep_freed_memory() -> None:
         pass
 
 
-def make_run_dir(args, algo: str, dataset: str) -> str:
-    """runs/<algo>__<dataset>__<seed>__<unix time>/ holding the resolved config.yaml (or the resumed run's)."""
+def check_writable(folder: str, what: str) -> None:
+    """Fail now, in one line, if `folder` could not be made or written (not after the data is loaded).
+    Nothing is created: the check writes a temporary file into the nearest folder that exists."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        sys.exit(f"error: {what} {folder!r} is not writable ({e.strerror or e}); pass a folder you can write to")
+
+
+def make_run_dir(args, dataset: str) -> str:
+    """A new runs/<script>__<dataset>__<seed>__<unix time>/ (or the resumed run's own directory).
+
+    Made atomically and never reused: two runs started in the same second get two directories.
+    Nothing is written into it here; config.yaml is written by make_writer, once a resume has loaded.
+    """
     if getattr(args, "resume", None):
-        run_dir = args.resume
-    else:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
-        run_dir = os.path.join(args.runs_dir, f"{algo}__{safe}__{args.seed}__{int(time.time())}")
-        os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        pyrallis.dump(args, f)
-    return run_dir
+        return args.resume
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
+    base = os.path.join(args.runs_dir, f"{SCRIPT_NAME}__{safe}__{args.seed}__{int(time.time())}")
+    for suffix in ("", *(f"-{i}" for i in range(1, 1000))):
+        try:
+            os.makedirs(base + suffix)
+            return base + suffix
+        except FileExistsError:
+            continue
+        except OSError as e:
+            sys.exit(f"error: cannot make the run directory {base + suffix!r} ({e.strerror or e}); check --runs-dir")
+    sys.exit(f"error: could not find a free run directory name next to {base!r}")
 
 
 def make_writer(args, run_dir: str, start_step: int = 0) -> SummaryWriter:
-    """Tensorboard writer; a resumed run drops the events logged after its checkpoint."""
+    """config.yaml (the resolved Args) and the tensorboard writer; a resumed run drops the events logged
+    after its checkpoint."""
+    try:
+        with open(os.path.join(run_dir, "config.yaml.tmp"), "w") as f:
+            pyrallis.dump(args, f)
+        os.replace(os.path.join(run_dir, "config.yaml.tmp"), os.path.join(run_dir, "config.yaml"))
+    except OSError as e:
+        sys.exit(f"error: cannot write config.yaml in {run_dir} ({e.strerror or e}); check the disk and --runs-dir")
     if args.track:
         try:
             import wandb
@@ -412,11 +514,62 @@ def log_scalars(writer: SummaryWriter, logs: dict, step: int) -> None:
         writer.add_scalar(key, float(value), step)
 
 
+class TrainClock:
+    """Seconds and updates of training alone, for updates per second: evaluations and checkpoints are
+    left out (`with clock.paused():`), and so is the first update of every start or resume, which
+    holds torch.compile's warm-up (timing starts at the end of it)."""
+
+    def __init__(self, state: Optional[dict] = None):
+        self.seconds, self.updates = (state or {}).get("seconds", 0.0), (state or {}).get("updates", 0)
+        self.started = None
+
+    def tick(self) -> None:
+        """Call after every update."""
+        if self.started is None:
+            self.started = time.perf_counter()
+        else:
+            self.updates += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        running = self.started is not None
+        if running:
+            self.seconds += time.perf_counter() - self.started
+            self.started = None
+        try:
+            yield
+        finally:
+            if running:
+                self.started = time.perf_counter()
+
+    def rate(self) -> float:
+        return self.updates / self.seconds if self.seconds > 0 else 0.0
+
+    def state_dict(self) -> dict:
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return {"seconds": self.seconds + running, "updates": self.updates}
+
+
+def write_atomically(path: str, write: Callable[[str], None], what: str) -> None:
+    """write(tmp) then rename over `path`: a killed run never leaves half a file, and a failed write
+    (full disk) keeps the previous file, removes the temporary one and ends the run in one line."""
+    try:
+        write(path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        kept = " (the previous one is kept)" if os.path.exists(path) else ""
+        reason = " ".join(str(e).split())[:200]
+        sys.exit(f"error: could not write the {what} {path}{kept}: {reason}; free space there and run again")
+
+
 def write_results(run_dir: str, results: dict) -> None:
-    path = os.path.join(run_dir, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)  # atomic: a killed run never leaves half a file
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+
+    write_atomically(os.path.join(run_dir, "results.json"), write, "results")
 
 
 def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
@@ -432,20 +585,20 @@ def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
     }
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    write_atomically(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
 def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     """Restore what save_checkpoint wrote into `objects`; returns the step and `extra`."""
     if not os.path.isfile(path):
-        sys.exit(
-            f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see "
-            "--checkpoint-every)"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    for k, v in objects.items():
-        v.load_state_dict(state["objects"][k])
+        sys.exit(f"error: {path} does not exist; --resume needs a run that saved a checkpoint (see --checkpoint-every)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        for k, v in objects.items():
+            v.load_state_dict(state["objects"][k])
+    except Exception as e:  # truncated, corrupt, or of another script
+        reason = " ".join(str(e).split())[:200]
+        sys.exit(f"error: cannot resume from {path}: the file is unreadable or not this script's ({reason})")
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -492,8 +645,8 @@ class OfflineData:
     terminals: torch.Tensor  # [N] 1.0 where the MDP ended (no bootstrap); time-limit cuts are 0
     episode_returns: np.ndarray  # return of every episode in the data: the behaviour policy's level
     make_env: Callable[[], gym.Env]  # a fresh evaluation environment
-    ref_min_score: float  # reference returns of the normalised score (0 and 100)
-    ref_max_score: float
+    ref_min_score: Optional[float]  # reference returns of the normalised score (0 and 100); None: raw returns
+    ref_max_score: Optional[float]
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
@@ -660,11 +813,7 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
     arrays = {k: np.concatenate(v) for k, v in columns.items()}
     metadata = dataset.storage.metadata
     ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
-    if ref_min is None or ref_max is None:
-        print(
-            f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr
-        )
-        ref_min, ref_max = float("nan"), float("nan")
+    ref_min, ref_max = (np.nan, np.nan) if ref_min is None or ref_max is None else (ref_min, ref_max)
     return arrays, lambda: dataset.recover_environment(eval_env=True), float(ref_min), float(ref_max)
 
 
@@ -723,15 +872,24 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
             "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)"
         )
     data = transitions_from_arrays(arrays, name)
+    if len(data["rewards"]) < 2:
+        raise DatasetError(f"{name} holds {len(data['rewards'])} usable transition; training needs at least two")
     check_env(data, make_env, name)
+    if not (np.isfinite(ref_min) and np.isfinite(ref_max) and ref_max != ref_min):
+        print(
+            f"note: {name} has no usable reference returns (ref_min_score, ref_max_score), so scores cannot be "
+            "normalised: results report raw returns and leave normalised scores out (null)",
+            file=sys.stderr,
+        )
+        ref_min = ref_max = None
     tensors = {k: torch.as_tensor(v, device=device) for k, v in data.items() if k != "episode_returns"}
     return OfflineData(
         name=name,
         **tensors,
         episode_returns=data["episode_returns"],
         make_env=make_env,
-        ref_min_score=ref_min,
-        ref_max_score=ref_max,
+        ref_min_score=None if ref_min is None else float(ref_min),
+        ref_max_score=None if ref_max is None else float(ref_max),
     )
 
 
@@ -776,42 +934,60 @@ def record_evaluation(
     step: int,
     returns: np.ndarray,
     data: OfflineData,
-    algo: str,
     seed: int,
-    train_time: float,
-) -> None:
-    """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far."""
-    scores = normalized_score(returns, data.ref_min_score, data.ref_max_score)
+    clock: TrainClock,
+) -> str:
+    """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far.
+
+    Where the dataset has no usable reference returns, the normalised scores are None (null in
+    results.json), never NaN, and the raw returns carry the result. Returns the score to show.
+    """
+    scored = data.ref_min_score is not None
+    score = lambda r: float(normalized_score(r, data.ref_min_score, data.ref_max_score)) if scored else None
+    scores = normalized_score(returns, data.ref_min_score, data.ref_max_score) if scored else None
     history.append(
         {
             "step": step,
             "return": float(returns.mean()),
             "return_std": float(returns.std()),
-            "normalized_score": float(scores.mean()),
-            "normalized_score_std": float(scores.std()),
+            "normalized_score": float(scores.mean()) if scored else None,
+            "normalized_score_std": float(scores.std()) if scored else None,
         }
     )
     writer.add_scalar("eval/return", returns.mean(), step)
-    writer.add_scalar("eval/normalized_score", scores.mean(), step)
-    writer.add_scalar("charts/updates_per_second", step / max(train_time, 1e-9), step)
+    if scored:
+        writer.add_scalar("eval/normalized_score", scores.mean(), step)
+    writer.add_scalar("charts/updates_per_second", clock.rate(), step)
+    best = max(history, key=lambda h: h["return"])
     write_results(
         run_dir,
         {
-            "algo": algo,
+            "algo": SCRIPT_NAME,
             "dataset": data.name,
             "seed": seed,
             "evaluations": history,
             "last_normalized_score": history[-1]["normalized_score"],
-            "best_normalized_score": max(h["normalized_score"] for h in history),
+            "best_normalized_score": best["normalized_score"],
             "last_return": history[-1]["return"],
-            "best_return": max(h["return"] for h in history),
+            "best_return": best["return"],
             "behaviour_return": float(data.episode_returns.mean()),
-            "behaviour_normalized_score": float(
-                normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)
-            ),
-            "train_time_s": train_time,
-            "updates_per_second": step / max(train_time, 1e-9),
+            "behaviour_normalized_score": score(data.episode_returns.mean()),
+            "train_time_s": clock.state_dict()["seconds"],
+            "updates_per_second": clock.rate(),
         },
+    )
+    return f"{history[-1]['normalized_score' if scored else 'return']:.1f}"
+
+
+def final_summary(run_dir: str) -> str:
+    """The line a finished run prints: last and best score beside the behaviour data's."""
+    with open(os.path.join(run_dir, "results.json")) as f:
+        r = json.load(f)
+    kind = "normalised score" if r["last_normalized_score"] is not None else "return"
+    key = "normalized_score" if r["last_normalized_score"] is not None else "return"
+    return (
+        f"{r['algo']} on {r['dataset']}: last {kind} {r['last_' + key]:.1f}, best {r['best_' + key]:.1f} "
+        f"(behaviour data {r['behaviour_' + key]:.1f}); run directory {run_dir}"
     )
 
 
@@ -925,36 +1101,30 @@ class EnsembleDynamics(nn.Module):
 
     @torch.no_grad()
     def step(
-        self, obs: torch.Tensor, actions: torch.Tensor, chunk: int = 8192
-    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """One imagined transition per row: a sample from a random elite, and the uncertainties.
+        self, obs: torch.Tensor, actions: torch.Tensor, all_members: bool = False, chunk: int = 8192
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One imagined transition per row, sampled from a random elite, and the members' predictions.
 
-        aleatoric: max over elites of the norm of the predicted std (MOPO's u(s, a));
-        epistemic: max over elites of the distance of a member's mean to the elites' mean;
-        pairwise:  max over elite pairs of the distance between their means (MOReL's USAD).
-        Large batches go through in chunks, so activations stay in cache (the same numbers).
+        Returns next_obs, reward, and the means and stds of [Δobs, reward], each [members, batch,
+        obs_dim + 1], of the elites (or of every member with `all_members`), from which each method
+        computes its own uncertainty. Large batches go through in chunks, so activations stay in
+        cache (the same numbers).
         """
         if len(obs) > chunk:
-            parts = [self.step(obs[i : i + chunk], actions[i : i + chunk], chunk) for i in range(0, len(obs), chunk)]
-            return (
-                torch.cat([p[0] for p in parts]),
-                torch.cat([p[1] for p in parts]),
-                {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]},
-            )
-        mean, logvar = self(obs, actions, members=self.elite_idx)
+            parts = [
+                self.step(obs[i : i + chunk], actions[i : i + chunk], all_members, chunk)
+                for i in range(0, len(obs), chunk)
+            ]
+            return tuple(torch.cat(p, dim=0 if k < 2 else 1) for k, p in enumerate(zip(*parts)))
+        mean, logvar = self(obs, actions, members=None if all_members else self.elite_idx)
         std = torch.exp(0.5 * logvar)
         pick = torch.randint(0, self.num_elites, (obs.shape[0],), device=obs.device)
+        pick = self.elite_idx[pick] if all_members else pick
         rows = torch.arange(obs.shape[0], device=obs.device)
         sample = mean[pick, rows] + std[pick, rows] * torch.randn_like(mean[0])
         next_obs = torch.maximum(torch.minimum(obs + sample[:, :-1], self.obs_high), self.obs_low)
         reward = sample[:, -1].clamp(self.reward_range[0], self.reward_range[1])
-        members_first = mean.transpose(0, 1)  # [batch, elites, dims]
-        uncertainty = {
-            "aleatoric": std.norm(dim=-1).amax(0),
-            "epistemic": (mean - mean.mean(0)).norm(dim=-1).amax(0),
-            "pairwise": torch.cdist(members_first, members_first).amax((1, 2)),
-        }
-        return next_obs, reward, uncertainty
+        return next_obs, reward, mean, std
 
 
 def train_dynamics(
@@ -1031,6 +1201,16 @@ def train_dynamics(
     return {"epochs": epoch, "holdout_mse": best.tolist(), "elites": model.elite_idx.tolist(), "history": history}
 
 
+def dynamics_settings(args) -> dict:
+    """The settings a trained ensemble depends on (with the data and the seed, its cache key): the
+    Args fields named dynamics_*, less the two that say where it is stored."""
+    return {
+        k[len("dynamics_") :]: v
+        for k, v in asdict(args).items()
+        if k.startswith("dynamics_") and k not in ("dynamics_path", "dynamics_cache_dir")
+    }
+
+
 def dynamics_fingerprint(data: OfflineData, settings: dict, seed: int) -> dict:
     """What a trained ensemble depends on: the exact data, the model settings and the seed."""
     digest = hashlib.sha1()
@@ -1063,6 +1243,9 @@ def load_or_train_dynamics(
     path = path or os.path.join(cache_dir, f"{safe}__seed{seed}__{key}.pt")
     model_args = {k: settings[k] for k in ("members", "elites", "hidden_dim", "hidden_layers")}
     model = EnsembleDynamics(data.observations.shape[1], data.actions.shape[1], **model_args).to(device)
+    if len(data.rewards) < 10:
+        sys.exit(f"error: {data.name} has {len(data.rewards)} transitions; the dynamics ensemble needs at least 10")
+    check_writable(os.path.dirname(os.path.abspath(path)), "the dynamics cache folder")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".lock", "w") as lock:  # two runs that need the same ensemble train it once
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -1079,8 +1262,16 @@ def _load_or_train(
     device: torch.device,
 ) -> EnsembleDynamics:
     """The body of load_or_train_dynamics, run while holding the cache file's lock."""
+    saved = None
     if os.path.isfile(path):
-        saved = torch.load(path, map_location=device, weights_only=False)
+        try:
+            saved = torch.load(path, map_location=device, weights_only=False)
+            saved["fingerprint"], saved["model"], saved["log"]
+        except Exception as e:  # truncated or corrupt: keep it for a look, train a new one
+            os.replace(path, path + ".corrupt")
+            print(f"dynamics: {path} is unreadable ({type(e).__name__}); moved it to {path}.corrupt, training anew")
+            saved = None
+    if saved is not None:
         if saved["fingerprint"] != fingerprint:
             diff = sorted(
                 k
@@ -1112,8 +1303,8 @@ def _load_or_train(
             max_epochs=settings["max_epochs"],
         )
     log["train_time_s"] = time.time() - start
-    torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "log": log}, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    state = {"fingerprint": fingerprint, "model": model.state_dict(), "log": log}
+    write_atomically(path, lambda tmp: torch.save(state, tmp), "trained dynamics ensemble")
     print(f"dynamics: trained {log['epochs']} epochs in {log['train_time_s']:.0f} s, saved to {path}")
     return model
 

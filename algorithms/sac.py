@@ -19,13 +19,16 @@ Example:
     python algorithms/sac.py --env-id Hopper-v4 --total-timesteps 300000
 """
 
+import contextlib
 import ctypes
 import json
 import os
 import random
 import re
 import sys
+import tempfile
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -204,7 +207,7 @@ def main():
     env.action_space.seed(args.seed)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
 
-    run_dir = make_run_dir(args, SCRIPT_NAME, args.env_id)
+    run_dir = make_run_dir(args, args.env_id)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
     writer = make_writer(args, run_dir)
@@ -284,17 +287,18 @@ def main():
             episode_return = 0.0
 
         if step > args.learning_starts:
-            t0 = time.time()
+            t0 = time.perf_counter()
             logs = update(*buffer.sample(args.batch_size))
-            update_time += time.time() - t0
             num_updates += 1
+            if num_updates > 1:  # the first update holds torch.compile's warm-up: not training speed
+                update_time += time.perf_counter() - t0
             if num_updates % 1000 == 0:
                 critic_loss, actor_loss, alpha, entropy = (x.item() for x in logs)
                 writer.add_scalar("losses/critic_loss", critic_loss, step)
                 writer.add_scalar("losses/actor_loss", actor_loss, step)
                 writer.add_scalar("losses/alpha", alpha, step)
                 writer.add_scalar("charts/entropy", entropy, step)
-                writer.add_scalar("charts/updates_per_second", num_updates / update_time, step)
+                writer.add_scalar("charts/updates_per_second", (num_updates - 1) / update_time, step)
 
         if step % args.eval_every == 0 or step == args.total_timesteps:
             returns = evaluate(
@@ -324,7 +328,7 @@ def main():
                     "last_return": eval_history[-1]["return"],
                     "best_return": max(e["return"] for e in eval_history),
                     "wall_time_s": time.time() - start,
-                    "updates_per_second": num_updates / max(update_time, 1e-9),
+                    "updates_per_second": (num_updates - 1) / update_time if update_time > 0 else 0.0,
                 },
             )
 
@@ -347,8 +351,14 @@ def main():
 
 # ======== shared blocks below: the plumbing every script carries, copied byte for byte (tools/sync_blocks.py) ========
 # ---- shared: config ----
-def parse_args(args_cls):
-    """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume).
+# Options a resumed run may change: they set how long and how often, not what is learned.
+RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every", "log_every"}
+RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
+
+
+def parse_args(args_cls, limits: Optional[dict] = None):
+    """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume),
+    then every value checked (check_args) before anything is loaded or written.
 
     Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
     """
@@ -362,7 +372,8 @@ def parse_args(args_cls):
                 return arg.split("=", 1)[1]
         return None
 
-    defaults = args_cls()
+    defaults, saved = args_cls(), None
+    hints = typing.get_type_hints(args_cls)
     for flag in ("--resume", "--config"):
         path = option(flag)
         if path is None or not hasattr(defaults, flag[2:]):
@@ -370,24 +381,100 @@ def parse_args(args_cls):
         if flag == "--resume":
             path = os.path.join(path, "config.yaml")
         if not os.path.isfile(path):
-            sys.exit(
-                f"error: {flag}: {path!r} does not exist; "
-                + (
-                    "pass the run directory of an earlier run"
-                    if flag == "--resume"
-                    else "pass a YAML file such as one in benchmarks/configs/"
-                )
-            )
+            hint = "pass the run directory of an earlier run" if flag == "--resume" else "pass a YAML file"
+            sys.exit(f"error: {flag}: {path!r} does not exist; {hint}")
         try:
             with open(path) as f:
                 overrides = yaml.safe_load(f) or {}
             if not isinstance(overrides, dict):
                 raise ValueError("the file is not a mapping of Args fields to values")
+            unknown = sorted(set(overrides) - set(hints))
+            if unknown:
+                raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+            for key, value in overrides.items():
+                if not value_fits(value, hints[key]):
+                    raise ValueError(f"{key}: {value!r} is not a {type_name(hints[key])}")
             defaults = pyrallis.decode(args_cls, {**pyrallis.encode(defaults), **overrides})
         except Exception as e:  # unknown keys, wrong types, broken YAML
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
-    return tyro.cli(args_cls, default=defaults)
+        if flag == "--resume":
+            saved = pyrallis.encode(defaults)
+    args = tyro.cli(args_cls, default=defaults)
+    if saved is not None:  # a resumed run keeps what it learns with
+        now = pyrallis.encode(args)
+        changed = [k for k in now if k not in RESUMABLE and now[k] != saved.get(k)]
+        if changed:
+            k = changed[0]
+            sys.exit(
+                f"error: --resume: --{k.replace('_', '-')} {now[k]} differs from the run's {saved.get(k)}; a resumed "
+                f"run keeps its settings (only {', '.join(sorted(RESUMABLE & set(now)))} may change): start a new run"
+            )
+    problem = check_args(args, hints, limits or {})
+    if problem:
+        sys.exit(f"error: {problem}")
+    if getattr(args, "resume", None):
+        check_writable(args.resume, "the run directory of --resume")
+    elif hasattr(args, "runs_dir"):
+        check_writable(args.runs_dir, "--runs-dir")
+    return args
+
+
+def value_fits(value, hint) -> bool:
+    """Whether a YAML value is of the field's type (no silent casts: "false" is not a bool, 64.9 not an int)."""
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(value_fits(value, p) for p in params)
+    if hint is type(None):
+        return value is None
+    if origin in (tuple, list):
+        items = params if origin is tuple and Ellipsis not in params else (params[0],) * len(value or ())
+        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(map(value_fits, value, items))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_args(args, hints: dict, limits: dict) -> Optional[str]:
+    """The first value out of its range, as a sentence (None when all are fine).
+
+    General rules by kind: counts and sizes (int) are positive, or non-negative where the default is
+    0 (0 means off or no cap); learning rates are positive; the discount γ is in (0, 1]; τ and
+    fractions (`*_ratio`) are in [0, 1]; `threads` >= 0. `limits` (next to a script's Args) adds
+    or overrides a field's range as "low, high" with ( ) open and [ ] closed ends, e.g. "(0, 1)".
+    """
+    defaults = type(args)()
+    for name, hint in hints.items():
+        value = getattr(args, name)
+        if name in limits:
+            rule = limits[name]
+        elif name == "seed" or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        elif name in ("gamma",):
+            rule = "(0, 1]"
+        elif name == "tau" or name.endswith("_ratio"):
+            rule = "[0, 1]"
+        elif name == "lr" or name.endswith("_lr"):
+            rule = "(0, inf)"
+        elif hint is int:
+            rule = "[0, inf)" if getattr(defaults, name) == 0 or name == "threads" else "[1, inf)"
+        else:
+            continue
+        low, high = (float(x) for x in rule[1:-1].split(","))
+        inside = (low < value if rule[0] == "(" else low <= value) and (
+            value < high if rule[-1] == ")" else value <= high
+        )
+        if not inside:
+            return f"--{name.replace('_', '-')} {value} is out of range: it must be in {rule}"
+    return None
 
 
 # ---- end shared: config ----
@@ -409,8 +496,12 @@ def pick_device(name: str, threads: int = 0) -> torch.device:
         torch.set_num_threads(threads)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        sys.exit(f"error: --device {name!r} is not a device this script runs on; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: --device mps was asked for but torch sees no MPS device; use --device cpu")
     if name == "cpu":
         keep_freed_memory()
     return torch.device(name)
@@ -432,21 +523,51 @@ def keep_freed_memory() -> None:
         pass
 
 
-def make_run_dir(args, algo: str, dataset: str) -> str:
-    """runs/<algo>__<dataset>__<seed>__<unix time>/ holding the resolved config.yaml (or the resumed run's)."""
+def check_writable(folder: str, what: str) -> None:
+    """Fail now, in one line, if `folder` could not be made or written (not after the data is loaded).
+    Nothing is created: the check writes a temporary file into the nearest folder that exists."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        sys.exit(f"error: {what} {folder!r} is not writable ({e.strerror or e}); pass a folder you can write to")
+
+
+def make_run_dir(args, dataset: str) -> str:
+    """A new runs/<script>__<dataset>__<seed>__<unix time>/ (or the resumed run's own directory).
+
+    Made atomically and never reused: two runs started in the same second get two directories.
+    Nothing is written into it here; config.yaml is written by make_writer, once a resume has loaded.
+    """
     if getattr(args, "resume", None):
-        run_dir = args.resume
-    else:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
-        run_dir = os.path.join(args.runs_dir, f"{algo}__{safe}__{args.seed}__{int(time.time())}")
-        os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        pyrallis.dump(args, f)
-    return run_dir
+        return args.resume
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
+    base = os.path.join(args.runs_dir, f"{SCRIPT_NAME}__{safe}__{args.seed}__{int(time.time())}")
+    for suffix in ("", *(f"-{i}" for i in range(1, 1000))):
+        try:
+            os.makedirs(base + suffix)
+            return base + suffix
+        except FileExistsError:
+            continue
+        except OSError as e:
+            sys.exit(f"error: cannot make the run directory {base + suffix!r} ({e.strerror or e}); check --runs-dir")
+    sys.exit(f"error: could not find a free run directory name next to {base!r}")
 
 
 def make_writer(args, run_dir: str, start_step: int = 0) -> SummaryWriter:
-    """Tensorboard writer; a resumed run drops the events logged after its checkpoint."""
+    """config.yaml (the resolved Args) and the tensorboard writer; a resumed run drops the events logged
+    after its checkpoint."""
+    try:
+        with open(os.path.join(run_dir, "config.yaml.tmp"), "w") as f:
+            pyrallis.dump(args, f)
+        os.replace(os.path.join(run_dir, "config.yaml.tmp"), os.path.join(run_dir, "config.yaml"))
+    except OSError as e:
+        sys.exit(f"error: cannot write config.yaml in {run_dir} ({e.strerror or e}); check the disk and --runs-dir")
     if args.track:
         try:
             import wandb
@@ -466,11 +587,62 @@ def log_scalars(writer: SummaryWriter, logs: dict, step: int) -> None:
         writer.add_scalar(key, float(value), step)
 
 
+class TrainClock:
+    """Seconds and updates of training alone, for updates per second: evaluations and checkpoints are
+    left out (`with clock.paused():`), and so is the first update of every start or resume, which
+    holds torch.compile's warm-up (timing starts at the end of it)."""
+
+    def __init__(self, state: Optional[dict] = None):
+        self.seconds, self.updates = (state or {}).get("seconds", 0.0), (state or {}).get("updates", 0)
+        self.started = None
+
+    def tick(self) -> None:
+        """Call after every update."""
+        if self.started is None:
+            self.started = time.perf_counter()
+        else:
+            self.updates += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        running = self.started is not None
+        if running:
+            self.seconds += time.perf_counter() - self.started
+            self.started = None
+        try:
+            yield
+        finally:
+            if running:
+                self.started = time.perf_counter()
+
+    def rate(self) -> float:
+        return self.updates / self.seconds if self.seconds > 0 else 0.0
+
+    def state_dict(self) -> dict:
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return {"seconds": self.seconds + running, "updates": self.updates}
+
+
+def write_atomically(path: str, write: Callable[[str], None], what: str) -> None:
+    """write(tmp) then rename over `path`: a killed run never leaves half a file, and a failed write
+    (full disk) keeps the previous file, removes the temporary one and ends the run in one line."""
+    try:
+        write(path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        kept = " (the previous one is kept)" if os.path.exists(path) else ""
+        reason = " ".join(str(e).split())[:200]
+        sys.exit(f"error: could not write the {what} {path}{kept}: {reason}; free space there and run again")
+
+
 def write_results(run_dir: str, results: dict) -> None:
-    path = os.path.join(run_dir, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)  # atomic: a killed run never leaves half a file
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+
+    write_atomically(os.path.join(run_dir, "results.json"), write, "results")
 
 
 def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
@@ -486,20 +658,20 @@ def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
     }
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    write_atomically(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
 def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     """Restore what save_checkpoint wrote into `objects`; returns the step and `extra`."""
     if not os.path.isfile(path):
-        sys.exit(
-            f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see "
-            "--checkpoint-every)"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    for k, v in objects.items():
-        v.load_state_dict(state["objects"][k])
+        sys.exit(f"error: {path} does not exist; --resume needs a run that saved a checkpoint (see --checkpoint-every)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        for k, v in objects.items():
+            v.load_state_dict(state["objects"][k])
+    except Exception as e:  # truncated, corrupt, or of another script
+        reason = " ".join(str(e).split())[:200]
+        sys.exit(f"error: cannot resume from {path}: the file is unreadable or not this script's ({reason})")
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])

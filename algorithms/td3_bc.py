@@ -13,6 +13,7 @@ Example:
     python algorithms/td3_bc.py --dataset shipped/hopper-medium-replay --num-updates 20000
 """
 
+import contextlib
 import copy
 import ctypes
 import json
@@ -20,7 +21,9 @@ import os
 import random
 import re
 import sys
+import tempfile
 import time
+import typing
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -218,7 +221,7 @@ def main():
         obs = (torch.as_tensor(obs, dtype=torch.float32, device=device) - obs_mean) / obs_std
         return actor(obs).cpu().numpy()
 
-    run_dir = make_run_dir(args, SCRIPT_NAME, args.dataset)
+    run_dir = make_run_dir(args, args.dataset)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     trained = {
         "actor": actor,
@@ -228,16 +231,17 @@ def main():
         "actor_opt": actor_opt,
         "critic_opt": critic_opt,
     }
-    step, history, train_time = 0, [], 0.0
+    step, history, clock_state = 0, [], None
     if args.resume:
         step, extra = load_checkpoint(checkpoint_path, trained)
-        history, train_time = extra["history"], extra["train_time"]
+        history, clock_state = extra["history"], extra["clock"]
     writer = make_writer(args, run_dir, step)
 
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
-    tick = time.time()
+    clock = TrainClock(clock_state)
     for step in bar:
         logs = update(data.sample(args.batch_size), update_actor=step % args.policy_freq == 0)
+        clock.tick()
 
         if step % args.log_every == 0:
             critic_loss, q_mean, actor_loss, bc = logs
@@ -247,37 +251,39 @@ def main():
                 writer.add_scalar("losses/actor_loss", actor_loss.item(), step)
                 writer.add_scalar("losses/bc_loss", bc.item(), step)
         if step % args.eval_every == 0 or step == args.num_updates:
-            train_time += time.time() - tick
-            returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
-            record_evaluation(run_dir, writer, history, step, returns, data, SCRIPT_NAME, args.seed, train_time)
-            bar.set_postfix(score=f"{history[-1]['normalized_score']:.1f}")
-            tick = time.time()
+            with clock.paused():
+                returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
+                bar.set_postfix(
+                    score=record_evaluation(run_dir, writer, history, step, returns, data, args.seed, clock)
+                )
         if step % args.checkpoint_every == 0 or step == args.num_updates:
-            save_checkpoint(
-                checkpoint_path,
-                step,
-                trained,
-                {
-                    "history": history,
-                    "train_time": train_time + time.time() - tick,
-                    "obs_mean": obs_mean.cpu(),
-                    "obs_std": obs_std.cpu(),
-                },
-            )
+            with clock.paused():
+                save_checkpoint(
+                    checkpoint_path,
+                    step,
+                    trained,
+                    {
+                        "history": history,
+                        "clock": clock.state_dict(),
+                        "obs_mean": obs_mean.cpu(),
+                        "obs_std": obs_std.cpu(),
+                    },
+                )
 
     writer.close()
-    results = json.load(open(os.path.join(run_dir, "results.json")))
-    print(
-        f"{SCRIPT_NAME} on {args.dataset}: last normalised score {results['last_normalized_score']:.1f}, best "
-        f"{results['best_normalized_score']:.1f} (behaviour data {results['behaviour_normalized_score']:.1f}); run "
-        f"directory {run_dir}"
-    )
+    print(final_summary(run_dir))
 
 
 # ======== shared blocks below: the plumbing every script carries, copied byte for byte (tools/sync_blocks.py) ========
 # ---- shared: config ----
-def parse_args(args_cls):
-    """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume).
+# Options a resumed run may change: they set how long and how often, not what is learned.
+RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every", "log_every"}
+RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
+
+
+def parse_args(args_cls, limits: Optional[dict] = None):
+    """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume),
+    then every value checked (check_args) before anything is loaded or written.
 
     Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
     """
@@ -291,7 +297,8 @@ def parse_args(args_cls):
                 return arg.split("=", 1)[1]
         return None
 
-    defaults = args_cls()
+    defaults, saved = args_cls(), None
+    hints = typing.get_type_hints(args_cls)
     for flag in ("--resume", "--config"):
         path = option(flag)
         if path is None or not hasattr(defaults, flag[2:]):
@@ -299,24 +306,100 @@ def parse_args(args_cls):
         if flag == "--resume":
             path = os.path.join(path, "config.yaml")
         if not os.path.isfile(path):
-            sys.exit(
-                f"error: {flag}: {path!r} does not exist; "
-                + (
-                    "pass the run directory of an earlier run"
-                    if flag == "--resume"
-                    else "pass a YAML file such as one in benchmarks/configs/"
-                )
-            )
+            hint = "pass the run directory of an earlier run" if flag == "--resume" else "pass a YAML file"
+            sys.exit(f"error: {flag}: {path!r} does not exist; {hint}")
         try:
             with open(path) as f:
                 overrides = yaml.safe_load(f) or {}
             if not isinstance(overrides, dict):
                 raise ValueError("the file is not a mapping of Args fields to values")
+            unknown = sorted(set(overrides) - set(hints))
+            if unknown:
+                raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+            for key, value in overrides.items():
+                if not value_fits(value, hints[key]):
+                    raise ValueError(f"{key}: {value!r} is not a {type_name(hints[key])}")
             defaults = pyrallis.decode(args_cls, {**pyrallis.encode(defaults), **overrides})
         except Exception as e:  # unknown keys, wrong types, broken YAML
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
-    return tyro.cli(args_cls, default=defaults)
+        if flag == "--resume":
+            saved = pyrallis.encode(defaults)
+    args = tyro.cli(args_cls, default=defaults)
+    if saved is not None:  # a resumed run keeps what it learns with
+        now = pyrallis.encode(args)
+        changed = [k for k in now if k not in RESUMABLE and now[k] != saved.get(k)]
+        if changed:
+            k = changed[0]
+            sys.exit(
+                f"error: --resume: --{k.replace('_', '-')} {now[k]} differs from the run's {saved.get(k)}; a resumed "
+                f"run keeps its settings (only {', '.join(sorted(RESUMABLE & set(now)))} may change): start a new run"
+            )
+    problem = check_args(args, hints, limits or {})
+    if problem:
+        sys.exit(f"error: {problem}")
+    if getattr(args, "resume", None):
+        check_writable(args.resume, "the run directory of --resume")
+    elif hasattr(args, "runs_dir"):
+        check_writable(args.runs_dir, "--runs-dir")
+    return args
+
+
+def value_fits(value, hint) -> bool:
+    """Whether a YAML value is of the field's type (no silent casts: "false" is not a bool, 64.9 not an int)."""
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(value_fits(value, p) for p in params)
+    if hint is type(None):
+        return value is None
+    if origin in (tuple, list):
+        items = params if origin is tuple and Ellipsis not in params else (params[0],) * len(value or ())
+        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(map(value_fits, value, items))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_args(args, hints: dict, limits: dict) -> Optional[str]:
+    """The first value out of its range, as a sentence (None when all are fine).
+
+    General rules by kind: counts and sizes (int) are positive, or non-negative where the default is
+    0 (0 means off or no cap); learning rates are positive; the discount γ is in (0, 1]; τ and
+    fractions (`*_ratio`) are in [0, 1]; `threads` >= 0. `limits` (next to a script's Args) adds
+    or overrides a field's range as "low, high" with ( ) open and [ ] closed ends, e.g. "(0, 1)".
+    """
+    defaults = type(args)()
+    for name, hint in hints.items():
+        value = getattr(args, name)
+        if name in limits:
+            rule = limits[name]
+        elif name == "seed" or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        elif name in ("gamma",):
+            rule = "(0, 1]"
+        elif name == "tau" or name.endswith("_ratio"):
+            rule = "[0, 1]"
+        elif name == "lr" or name.endswith("_lr"):
+            rule = "(0, inf)"
+        elif hint is int:
+            rule = "[0, inf)" if getattr(defaults, name) == 0 or name == "threads" else "[1, inf)"
+        else:
+            continue
+        low, high = (float(x) for x in rule[1:-1].split(","))
+        inside = (low < value if rule[0] == "(" else low <= value) and (
+            value < high if rule[-1] == ")" else value <= high
+        )
+        if not inside:
+            return f"--{name.replace('_', '-')} {value} is out of range: it must be in {rule}"
+    return None
 
 
 # ---- end shared: config ----
@@ -338,8 +421,12 @@ def pick_device(name: str, threads: int = 0) -> torch.device:
         torch.set_num_threads(threads)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        sys.exit(f"error: --device {name!r} is not a device this script runs on; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: --device mps was asked for but torch sees no MPS device; use --device cpu")
     if name == "cpu":
         keep_freed_memory()
     return torch.device(name)
@@ -361,21 +448,51 @@ def keep_freed_memory() -> None:
         pass
 
 
-def make_run_dir(args, algo: str, dataset: str) -> str:
-    """runs/<algo>__<dataset>__<seed>__<unix time>/ holding the resolved config.yaml (or the resumed run's)."""
+def check_writable(folder: str, what: str) -> None:
+    """Fail now, in one line, if `folder` could not be made or written (not after the data is loaded).
+    Nothing is created: the check writes a temporary file into the nearest folder that exists."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        sys.exit(f"error: {what} {folder!r} is not writable ({e.strerror or e}); pass a folder you can write to")
+
+
+def make_run_dir(args, dataset: str) -> str:
+    """A new runs/<script>__<dataset>__<seed>__<unix time>/ (or the resumed run's own directory).
+
+    Made atomically and never reused: two runs started in the same second get two directories.
+    Nothing is written into it here; config.yaml is written by make_writer, once a resume has loaded.
+    """
     if getattr(args, "resume", None):
-        run_dir = args.resume
-    else:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
-        run_dir = os.path.join(args.runs_dir, f"{algo}__{safe}__{args.seed}__{int(time.time())}")
-        os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        pyrallis.dump(args, f)
-    return run_dir
+        return args.resume
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
+    base = os.path.join(args.runs_dir, f"{SCRIPT_NAME}__{safe}__{args.seed}__{int(time.time())}")
+    for suffix in ("", *(f"-{i}" for i in range(1, 1000))):
+        try:
+            os.makedirs(base + suffix)
+            return base + suffix
+        except FileExistsError:
+            continue
+        except OSError as e:
+            sys.exit(f"error: cannot make the run directory {base + suffix!r} ({e.strerror or e}); check --runs-dir")
+    sys.exit(f"error: could not find a free run directory name next to {base!r}")
 
 
 def make_writer(args, run_dir: str, start_step: int = 0) -> SummaryWriter:
-    """Tensorboard writer; a resumed run drops the events logged after its checkpoint."""
+    """config.yaml (the resolved Args) and the tensorboard writer; a resumed run drops the events logged
+    after its checkpoint."""
+    try:
+        with open(os.path.join(run_dir, "config.yaml.tmp"), "w") as f:
+            pyrallis.dump(args, f)
+        os.replace(os.path.join(run_dir, "config.yaml.tmp"), os.path.join(run_dir, "config.yaml"))
+    except OSError as e:
+        sys.exit(f"error: cannot write config.yaml in {run_dir} ({e.strerror or e}); check the disk and --runs-dir")
     if args.track:
         try:
             import wandb
@@ -395,11 +512,62 @@ def log_scalars(writer: SummaryWriter, logs: dict, step: int) -> None:
         writer.add_scalar(key, float(value), step)
 
 
+class TrainClock:
+    """Seconds and updates of training alone, for updates per second: evaluations and checkpoints are
+    left out (`with clock.paused():`), and so is the first update of every start or resume, which
+    holds torch.compile's warm-up (timing starts at the end of it)."""
+
+    def __init__(self, state: Optional[dict] = None):
+        self.seconds, self.updates = (state or {}).get("seconds", 0.0), (state or {}).get("updates", 0)
+        self.started = None
+
+    def tick(self) -> None:
+        """Call after every update."""
+        if self.started is None:
+            self.started = time.perf_counter()
+        else:
+            self.updates += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        running = self.started is not None
+        if running:
+            self.seconds += time.perf_counter() - self.started
+            self.started = None
+        try:
+            yield
+        finally:
+            if running:
+                self.started = time.perf_counter()
+
+    def rate(self) -> float:
+        return self.updates / self.seconds if self.seconds > 0 else 0.0
+
+    def state_dict(self) -> dict:
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return {"seconds": self.seconds + running, "updates": self.updates}
+
+
+def write_atomically(path: str, write: Callable[[str], None], what: str) -> None:
+    """write(tmp) then rename over `path`: a killed run never leaves half a file, and a failed write
+    (full disk) keeps the previous file, removes the temporary one and ends the run in one line."""
+    try:
+        write(path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        kept = " (the previous one is kept)" if os.path.exists(path) else ""
+        reason = " ".join(str(e).split())[:200]
+        sys.exit(f"error: could not write the {what} {path}{kept}: {reason}; free space there and run again")
+
+
 def write_results(run_dir: str, results: dict) -> None:
-    path = os.path.join(run_dir, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)  # atomic: a killed run never leaves half a file
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+
+    write_atomically(os.path.join(run_dir, "results.json"), write, "results")
 
 
 def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
@@ -415,20 +583,20 @@ def save_checkpoint(path: str, step: int, objects: dict, extra: dict) -> None:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
     }
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    write_atomically(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
 def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
     """Restore what save_checkpoint wrote into `objects`; returns the step and `extra`."""
     if not os.path.isfile(path):
-        sys.exit(
-            f"error: {path} does not exist; --resume needs a run directory that saved a checkpoint (see "
-            "--checkpoint-every)"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    for k, v in objects.items():
-        v.load_state_dict(state["objects"][k])
+        sys.exit(f"error: {path} does not exist; --resume needs a run that saved a checkpoint (see --checkpoint-every)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        for k, v in objects.items():
+            v.load_state_dict(state["objects"][k])
+    except Exception as e:  # truncated, corrupt, or of another script
+        reason = " ".join(str(e).split())[:200]
+        sys.exit(f"error: cannot resume from {path}: the file is unreadable or not this script's ({reason})")
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -475,8 +643,8 @@ class OfflineData:
     terminals: torch.Tensor  # [N] 1.0 where the MDP ended (no bootstrap); time-limit cuts are 0
     episode_returns: np.ndarray  # return of every episode in the data: the behaviour policy's level
     make_env: Callable[[], gym.Env]  # a fresh evaluation environment
-    ref_min_score: float  # reference returns of the normalised score (0 and 100)
-    ref_max_score: float
+    ref_min_score: Optional[float]  # reference returns of the normalised score (0 and 100); None: raw returns
+    ref_max_score: Optional[float]
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
@@ -643,11 +811,7 @@ def load_minari(dataset_id: str) -> tuple[dict, Callable[[], gym.Env], float, fl
     arrays = {k: np.concatenate(v) for k, v in columns.items()}
     metadata = dataset.storage.metadata
     ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
-    if ref_min is None or ref_max is None:
-        print(
-            f"warning: {dataset_id} has no ref_min_score/ref_max_score; normalised scores will be NaN", file=sys.stderr
-        )
-        ref_min, ref_max = float("nan"), float("nan")
+    ref_min, ref_max = (np.nan, np.nan) if ref_min is None or ref_max is None else (ref_min, ref_max)
     return arrays, lambda: dataset.recover_environment(eval_env=True), float(ref_min), float(ref_max)
 
 
@@ -706,15 +870,24 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
             "(mujoco/hopper/medium-v0), a path to a .hdf5 file, or a shipped dataset (shipped/hopper-medium-replay)"
         )
     data = transitions_from_arrays(arrays, name)
+    if len(data["rewards"]) < 2:
+        raise DatasetError(f"{name} holds {len(data['rewards'])} usable transition; training needs at least two")
     check_env(data, make_env, name)
+    if not (np.isfinite(ref_min) and np.isfinite(ref_max) and ref_max != ref_min):
+        print(
+            f"note: {name} has no usable reference returns (ref_min_score, ref_max_score), so scores cannot be "
+            "normalised: results report raw returns and leave normalised scores out (null)",
+            file=sys.stderr,
+        )
+        ref_min = ref_max = None
     tensors = {k: torch.as_tensor(v, device=device) for k, v in data.items() if k != "episode_returns"}
     return OfflineData(
         name=name,
         **tensors,
         episode_returns=data["episode_returns"],
         make_env=make_env,
-        ref_min_score=ref_min,
-        ref_max_score=ref_max,
+        ref_min_score=None if ref_min is None else float(ref_min),
+        ref_max_score=None if ref_max is None else float(ref_max),
     )
 
 
@@ -773,42 +946,60 @@ def record_evaluation(
     step: int,
     returns: np.ndarray,
     data: OfflineData,
-    algo: str,
     seed: int,
-    train_time: float,
-) -> None:
-    """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far."""
-    scores = normalized_score(returns, data.ref_min_score, data.ref_max_score)
+    clock: TrainClock,
+) -> str:
+    """Append one evaluation to `history`, log it, and rewrite results.json with the whole run so far.
+
+    Where the dataset has no usable reference returns, the normalised scores are None (null in
+    results.json), never NaN, and the raw returns carry the result. Returns the score to show.
+    """
+    scored = data.ref_min_score is not None
+    score = lambda r: float(normalized_score(r, data.ref_min_score, data.ref_max_score)) if scored else None
+    scores = normalized_score(returns, data.ref_min_score, data.ref_max_score) if scored else None
     history.append(
         {
             "step": step,
             "return": float(returns.mean()),
             "return_std": float(returns.std()),
-            "normalized_score": float(scores.mean()),
-            "normalized_score_std": float(scores.std()),
+            "normalized_score": float(scores.mean()) if scored else None,
+            "normalized_score_std": float(scores.std()) if scored else None,
         }
     )
     writer.add_scalar("eval/return", returns.mean(), step)
-    writer.add_scalar("eval/normalized_score", scores.mean(), step)
-    writer.add_scalar("charts/updates_per_second", step / max(train_time, 1e-9), step)
+    if scored:
+        writer.add_scalar("eval/normalized_score", scores.mean(), step)
+    writer.add_scalar("charts/updates_per_second", clock.rate(), step)
+    best = max(history, key=lambda h: h["return"])
     write_results(
         run_dir,
         {
-            "algo": algo,
+            "algo": SCRIPT_NAME,
             "dataset": data.name,
             "seed": seed,
             "evaluations": history,
             "last_normalized_score": history[-1]["normalized_score"],
-            "best_normalized_score": max(h["normalized_score"] for h in history),
+            "best_normalized_score": best["normalized_score"],
             "last_return": history[-1]["return"],
-            "best_return": max(h["return"] for h in history),
+            "best_return": best["return"],
             "behaviour_return": float(data.episode_returns.mean()),
-            "behaviour_normalized_score": float(
-                normalized_score(data.episode_returns.mean(), data.ref_min_score, data.ref_max_score)
-            ),
-            "train_time_s": train_time,
-            "updates_per_second": step / max(train_time, 1e-9),
+            "behaviour_normalized_score": score(data.episode_returns.mean()),
+            "train_time_s": clock.state_dict()["seconds"],
+            "updates_per_second": clock.rate(),
         },
+    )
+    return f"{history[-1]['normalized_score' if scored else 'return']:.1f}"
+
+
+def final_summary(run_dir: str) -> str:
+    """The line a finished run prints: last and best score beside the behaviour data's."""
+    with open(os.path.join(run_dir, "results.json")) as f:
+        r = json.load(f)
+    kind = "normalised score" if r["last_normalized_score"] is not None else "return"
+    key = "normalized_score" if r["last_normalized_score"] is not None else "return"
+    return (
+        f"{r['algo']} on {r['dataset']}: last {kind} {r['last_' + key]:.1f}, best {r['best_' + key]:.1f} "
+        f"(behaviour data {r['behaviour_' + key]:.1f}); run directory {run_dir}"
     )
 
 

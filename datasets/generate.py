@@ -33,6 +33,7 @@ Example (the shipped hopper datasets):
         --num-steps 100000 --out datasets/shipped/hopper-medium.hdf5
 """
 
+import functools
 import glob
 import importlib.util
 import json
@@ -101,6 +102,7 @@ class Args:
     """episodes to measure the random and expert reference returns (environments D4RL does not cover)"""
 
 
+@functools.cache
 def load_sac_actor_class():
     """The Actor of algorithms/sac.py: the checkpoints hold its weights."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "algorithms", "sac.py")
@@ -110,11 +112,150 @@ def load_sac_actor_class():
     return module.Actor
 
 
+CHECKPOINT_KEYS = ("actor", "step", "eval_return", "env_id", "hidden_dim")
+BUFFER_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+
+def one_line(error: Exception, first_sentence: bool = False) -> str:
+    """An exception's message on one line (its first sentence only: the loaders' advice after it does not apply)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text.split(". ")[0].rstrip(".") if first_sentence else text
+
+
 def checkpoints(sac_run: str) -> list[dict]:
     files = sorted(glob.glob(os.path.join(sac_run, "checkpoints", "actor_*.pt")))
     if not files:
         sys.exit(f"error: {sac_run} holds no checkpoints/actor_*.pt; pass the run directory of algorithms/sac.py")
-    return [dict(torch.load(f, map_location="cpu", weights_only=False), path=f) for f in files]
+    ckpts = []
+    for f in files:
+        try:
+            ckpt = torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or foreign file fails in many ways (pickle, zip, EOF)
+            reason = one_line(e, first_sentence=True)
+            sys.exit(
+                f"error: {f} is not a readable torch checkpoint ({reason}); it may be truncated: delete it, or re-run "
+                "algorithms/sac.py"
+            )
+        missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
+        if missing:
+            sys.exit(
+                f"error: {f} is not an actor checkpoint of algorithms/sac.py (it lacks {', '.join(missing)}); "
+                "remove it from checkpoints/ or pass the run directory of algorithms/sac.py"
+            )
+        ckpts.append(dict(ckpt, path=f))
+    return ckpts
+
+
+def load_buffer(sac_run: str) -> dict:
+    path = os.path.join(sac_run, "replay_buffer.npz")
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path} is missing; the SAC run must finish with --save-replay-buffer (the default)")
+    try:
+        with np.load(path) as f:
+            buffer = {k: f[k] for k in f.files}
+    except Exception as e:  # a truncated npz is a bad zip, garbage is refused as a pickle, ...
+        reason = one_line(e, first_sentence=True)
+        sys.exit(
+            f"error: {path} is not a readable replay buffer ({reason}); it may be truncated: re-run algorithms/sac.py "
+            "(it saves the buffer at the end)"
+        )
+    missing = [k for k in BUFFER_KEYS if k not in buffer]
+    if missing:
+        sys.exit(f"error: {path} lacks {', '.join(missing)}; it must be the replay_buffer.npz of algorithms/sac.py")
+    return buffer
+
+
+def make_env(env_id: str) -> gym.Env:
+    """The environment, refused unless its observations and actions fit the SAC actor (flat, bounded Box actions)."""
+    try:
+        env = gym.make(env_id)
+    except (gym.error.Error, ImportError) as e:
+        sys.exit(
+            f"error: cannot make the environment {env_id!r} ({one_line(e)}); pass as --env-id a registered "
+            "Gymnasium id (e.g. Pendulum-v1) or module:EnvId with a module that can be imported"
+        )
+    act, obs = env.action_space, env.observation_space
+    if not isinstance(act, gym.spaces.Box) or len(act.shape) != 1:
+        sys.exit(
+            f"error: {env_id} has a {act} action space; datasets/generate.py needs a continuous Box action "
+            "space of one dimension (e.g. Pendulum-v1, Hopper-v4): pass such an --env-id"
+        )
+    if not (np.isfinite(act.low).all() and np.isfinite(act.high).all()):
+        sys.exit(f"error: {env_id}'s action space {act} is unbounded; the policies need finite action bounds")
+    if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+        sys.exit(f"error: {env_id} has a {obs} observation space; datasets/generate.py needs a flat Box one")
+    return env
+
+
+def check_dims(ckpts: list[dict], buffer: Optional[dict], env: gym.Env, env_id: str) -> None:
+    """Every checkpoint (and the replay buffer) must be of an environment with env's observation and action sizes."""
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    here = f"{env_id} has {obs_dim}-dim observations and {act_dim}-dim actions"
+    for c in ckpts:
+        actor = load_sac_actor_class()(obs_dim, act_dim, c["hidden_dim"], env.action_space.low, env.action_space.high)
+        try:
+            actor.load_state_dict(c["actor"])
+        except (RuntimeError, TypeError, AttributeError) as e:  # other sizes, other keys, not a state dict
+            shapes = {k: tuple(v.shape) for k, v in c["actor"].items()} if isinstance(c["actor"], dict) else {}
+            if "trunk.0.weight" in shapes and "mean.weight" in shapes:
+                theirs = f"{shapes['trunk.0.weight'][1]}-dim observations and {shapes['mean.weight'][0]}-dim actions"
+                sys.exit(
+                    f"error: {c['path']} is a policy of {c['env_id']} ({theirs}) but {here}; pass the --env-id of "
+                    f"that SAC run ({c['env_id']}) or a SAC run of {env_id}"
+                )
+            sys.exit(f"error: {c['path']} does not load into the actor of algorithms/sac.py ({one_line(e)})")
+    if buffer is not None:
+        shapes = (buffer["observations"].shape[1:], buffer["actions"].shape[1:])
+        if shapes != ((obs_dim,), (act_dim,)):
+            sys.exit(
+                f"error: the replay buffer holds observations of shape {shapes[0]} and actions of shape {shapes[1]} "
+                f"but {here}; pass the --env-id of that SAC run"
+            )
+
+
+def check_out(out: str) -> None:
+    """Refuse, before any collection, an --out that could not be written: a directory, or a folder that cannot be
+    made or written to (missing folders are made at the end)."""
+    for path in (out, out + ".tmp"):
+        if os.path.isdir(path):
+            sys.exit(f"error: {path} is a directory, so --out {out} cannot be written; pass the path of an .hdf5 file")
+    folder = os.path.dirname(os.path.abspath(out))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        sys.exit(f"error: cannot make the folder of --out {out}: {existing} is not a directory; pass another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        sys.exit(
+            f"error: cannot write to {existing}, so --out {out} cannot be written; pass an --out in a folder "
+            "you can write to"
+        )
+
+
+def write(out: str, data: dict, attrs: dict) -> None:
+    """Write to out + '.tmp', then rename: a failed write leaves neither a half-written file nor the .tmp one."""
+    tmp = out + ".tmp"
+    dtypes = {"terminals": bool, "timeouts": bool}
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with h5py.File(tmp, "w") as f:
+            for key, value in data.items():
+                f.create_dataset(
+                    key,
+                    data=value.astype(dtypes.get(key, np.float32)),
+                    compression="gzip",
+                    compression_opts=9,
+                    shuffle=True,
+                )
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        os.replace(tmp, out)
+    except BaseException as e:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        if not isinstance(e, OSError):
+            raise
+        sys.exit(f"error: could not write {out} ({one_line(e)}); free space or pass another --out")
 
 
 def pick(ckpts: list[dict], step: Optional[int], what: str) -> dict:
@@ -195,17 +336,31 @@ def mean_return(env: gym.Env, policy, episodes: int, seed: int) -> float:
 
 def main():
     args = tyro.cli(Args)
+    # every check of the inputs comes before the collection, which can take hours
     if args.level != "random" and args.sac_run is None:
         sys.exit(f"error: --level {args.level} needs --sac-run, the run directory of algorithms/sac.py")
+    for flag, value in (("--num-steps", args.num_steps), ("--ref-episodes", args.ref_episodes)):
+        if value < 1:
+            sys.exit(f"error: {flag} must be at least 1, not {value}; pass a positive number")
+    check_out(args.out)
     env_id = args.env_id
     ckpts = checkpoints(args.sac_run) if args.sac_run else []
     if env_id is None:
         if not ckpts:
             sys.exit("error: pass --env-id (or --sac-run, whose environment is then used)")
         env_id = ckpts[-1]["env_id"]
-    torch.manual_seed(args.seed)
+    buffer = load_buffer(args.sac_run) if args.level == "medium-replay" else None
+    env = make_env(env_id)
+    check_dims(ckpts, buffer, env, env_id)
+    family = env_id.split(":")[-1].split("-")[0]
+    if family not in D4RL_REFERENCE and not ckpts:
+        sys.exit(f"error: {env_id} has no D4RL reference returns, so the expert's return is needed: pass --sac-run")
+    expert = medium = None
+    if ckpts:
+        expert = pick(ckpts, args.expert_step, "expert") if args.expert_step is not None else ckpts[-1]
+        if args.medium_step is not None:
+            medium = pick(ckpts, args.medium_step, "medium")
     rng = np.random.default_rng(args.seed)
-    env = gym.make(env_id)
     env.action_space.seed(args.seed)
 
     attrs = {
@@ -221,12 +376,8 @@ def main():
     random_return = mean_return(
         env, random_policy(env, np.random.default_rng(args.seed + 100)), args.ref_episodes, args.seed + 100
     )
-    expert = medium = None
     if ckpts:
-        expert = pick(ckpts, args.expert_step, "expert") if args.expert_step is not None else ckpts[-1]
-        if args.medium_step is not None:
-            medium = pick(ckpts, args.medium_step, "medium")
-        else:  # D4RL: a policy at about a third of the expert's return, counted from the random policy's
+        if medium is None:  # D4RL: a policy at about a third of the expert's return, counted from the random policy's
             target = random_return + (expert["eval_return"] - random_return) / 3
             medium = min(ckpts, key=lambda c: abs(c["eval_return"] - target))
         attrs.update(
@@ -236,7 +387,25 @@ def main():
             medium_step=medium["step"],
             medium_eval_return=medium["eval_return"],
         )
+    # the reference returns before the collection too (the mean policy and the episodes' own seeds leave the
+    # collection's random numbers as they are), so that an expert no better than random stops the run at once
+    if family in D4RL_REFERENCE:
+        attrs["ref_min_score"], attrs["ref_max_score"] = D4RL_REFERENCE[family]
+        attrs["ref_source"] = "D4RL reference returns"
+    else:
+        attrs["ref_min_score"] = random_return
+        attrs["ref_max_score"] = mean_return(
+            env, make_policy(expert, env, "mean", 0.0, rng), args.ref_episodes, args.seed + 200
+        )
+        if attrs["ref_max_score"] <= random_return:
+            sys.exit(
+                f"error: the expert policy's return {attrs['ref_max_score']:.1f} is not above the random policy's "
+                f"{random_return:.1f}; train SAC longer or pick --expert-step"
+            )
+        attrs["ref_source"] = f"mean return of the random and the expert policy over {args.ref_episodes} episodes"
 
+    # seeded only now: building the actors above drew initial weights from it, which the collection must not see
+    torch.manual_seed(args.seed)
     if args.level == "random":
         data = collect(env, random_policy(env, rng), args.num_steps, args.seed, "random")
     elif args.level in ("medium", "expert"):
@@ -250,10 +419,6 @@ def main():
             ]
         )
     elif args.level == "medium-replay":
-        path = os.path.join(args.sac_run, "replay_buffer.npz")
-        if not os.path.isfile(path):
-            sys.exit(f"error: {path} is missing; the SAC run must finish with --save-replay-buffer (the default)")
-        buffer = dict(np.load(path))
         buffer["terminals"], buffer["timeouts"] = buffer["terminals"] > 0, buffer["timeouts"] > 0
         ends = np.flatnonzero((buffer["terminals"] > 0) | (buffer["timeouts"] > 0))
         ends = ends[ends >= medium["step"] - 1]  # the buffer's first `step` transitions, to the end of that episode
@@ -272,38 +437,7 @@ def main():
             ]
         )
 
-    family = env_id.split(":")[-1].split("-")[0]
-    if family in D4RL_REFERENCE:
-        attrs["ref_min_score"], attrs["ref_max_score"] = D4RL_REFERENCE[family]
-        attrs["ref_source"] = "D4RL reference returns"
-    else:
-        if expert is None:
-            sys.exit(f"error: {env_id} has no D4RL reference returns, so the expert's return is needed: pass --sac-run")
-        attrs["ref_min_score"] = random_return
-        attrs["ref_max_score"] = mean_return(
-            env, make_policy(expert, env, "mean", 0.0, rng), args.ref_episodes, args.seed + 200
-        )
-        if attrs["ref_max_score"] <= random_return:
-            sys.exit(
-                f"error: the expert policy's return {attrs['ref_max_score']:.1f} is not above the random policy's "
-                f"{random_return:.1f}; train SAC longer or pick --expert-step"
-            )
-        attrs["ref_source"] = f"mean return of the random and the expert policy over {args.ref_episodes} episodes"
-
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    dtypes = {"terminals": bool, "timeouts": bool}
-    with h5py.File(args.out + ".tmp", "w") as f:
-        for key, value in data.items():
-            f.create_dataset(
-                key,
-                data=value.astype(dtypes.get(key, np.float32)),
-                compression="gzip",
-                compression_opts=9,
-                shuffle=True,
-            )
-        for key, value in attrs.items():
-            f.attrs[key] = value
-    os.replace(args.out + ".tmp", args.out)
+    write(args.out, data, attrs)
     ends = data["terminals"] | data["timeouts"]
     returns = np.bincount(np.concatenate([[0], np.cumsum(ends[:-1])]), weights=data["rewards"])
     score = 100 * (returns.mean() - attrs["ref_min_score"]) / (attrs["ref_max_score"] - attrs["ref_min_score"])

@@ -438,7 +438,7 @@ def test_file_attributes_as_bytes_and_env_kwargs(tmp_path):
     env = data.make_env()
     assert env.spec.id == "Pendulum-v1" and env.unwrapped.g == 9.0
     env.close()
-    assert np.isnan(data.ref_min_score) and np.isnan(data.ref_max_score)  # no reference returns: NaN scores
+    assert data.ref_min_score is None and data.ref_max_score is None  # no reference returns: raw returns only
 
 
 def test_no_usable_transitions(tmp_path):

@@ -118,14 +118,17 @@ def test_logvar_bounds_hold_for_extreme_inputs():
 
 
 def test_uncertainties_by_hand():
-    """Two members, one row: means (0, 0) and (3, 4); stds (1, 0) and (0, 2)."""
+    """Two members, one row: means (0, 0) and (3, 4); stds (1, 0) and (0, 2). The block returns the
+    members' predictions; each script computes its own statistic from them."""
     mean = torch.tensor([[[0.0, 0.0]], [[3.0, 4.0]]])
     std = torch.tensor([[[1.0, 1e-3]], [[1e-3, 2.0]]])
     model = fixed_model(mean, 2 * torch.log(std))
-    _, _, u = model.step(torch.zeros(1, 1), torch.zeros(1, 1))
-    assert u["aleatoric"].item() == pytest.approx(2.0, abs=1e-3)  # max over members of ||σ||
-    assert u["epistemic"].item() == pytest.approx(2.5, abs=1e-5)  # distance to the mean (1.5, 2) is 2.5
-    assert u["pairwise"].item() == pytest.approx(5.0, abs=1e-4)  # ||(3, 4)||
+    _, _, means, stds = model.step(torch.zeros(1, 1), torch.zeros(1, 1))
+    assert torch.allclose(means, mean) and torch.allclose(stds, std, atol=1e-6)
+    assert mopo.uncertainty_of(means, stds, "aleatoric").item() == pytest.approx(2.0, abs=1e-3)  # max ||σ||
+    assert mopo.uncertainty_of(means, stds, "epistemic").item() == pytest.approx(2.5, abs=1e-5)  # to (1.5, 2)
+    assert morel.disagreement_of(means, stds, "epistemic").item() == pytest.approx(5.0, abs=1e-4)  # ||(3, 4)||
+    assert morel.disagreement_of(means, stds, "aleatoric").item() == pytest.approx(2.0, abs=1e-3)
 
 
 def test_mopo_penalty():

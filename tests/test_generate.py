@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -274,3 +275,128 @@ def test_level_without_sac_run_is_an_error(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error:") and "--sac-run" in result.stderr
     assert not (tmp_path / "x.hdf5").exists()
+
+
+# ------------------------------------------------------------------------- bad input: one error line, nothing written
+def run_generate(args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, GENERATE, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
+
+
+def assert_one_error_line(result, out, *words):
+    """Exit code != 0, exactly one stderr line `error: ...` naming `words`, and no output or .tmp file."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-3000:]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not os.path.isfile(out) and not os.path.exists(str(out) + ".tmp")
+    assert not glob.glob(os.path.join(os.path.dirname(str(out)), "**", "*.tmp"), recursive=True)
+    return lines[0]
+
+
+def copy_run(sac_run, tmp_path):
+    """A copy of the tiny SAC run whose files a test may break."""
+    run = str(tmp_path / "sac_run")
+    shutil.copytree(sac_run, run)
+    return run
+
+
+def truncate(path):
+    with open(path, "rb") as f:
+        head = f.read()[: os.path.getsize(path) // 2]
+    with open(path, "wb") as f:
+        f.write(head)
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_ref_episodes_not_positive_is_an_error(sac_run, tmp_path, value):
+    out = tmp_path / "x.hdf5"
+    args = generate_args(sac_run, "random", str(out))[2:]
+    args[args.index("--ref-episodes") + 1] = value
+    line = assert_one_error_line(run_generate(args), out, "--ref-episodes", value)
+    assert "at least 1" in line
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_num_steps_not_positive_is_an_error(sac_run, tmp_path, value):
+    out = tmp_path / "x.hdf5"
+    args = generate_args(sac_run, "random", str(out))[2:]
+    args[args.index("--num-steps") + 1] = value
+    line = assert_one_error_line(run_generate(args), out, "--num-steps", value)
+    assert "at least 1" in line
+
+
+@pytest.mark.parametrize(
+    "env_id, problem",
+    [("NoSuchEnv-v0", "doesn't exist"), ("no_such_module_xyz:NoSuchEnv-v0", "No module named 'no_such_module_xyz'")],
+)
+def test_bad_env_id_is_an_error(sac_run, tmp_path, env_id, problem):
+    out = tmp_path / "x.hdf5"
+    result = run_generate([*generate_args(sac_run, "random", str(out))[2:], "--env-id", env_id])
+    assert_one_error_line(result, out, env_id, problem, "--env-id")
+
+
+def test_discrete_action_env_is_an_error(tmp_path):
+    out = tmp_path / "x.hdf5"
+    result = run_generate(["--level", "random", "--env-id", "CartPole-v1", "--num-steps", "300", "--out", str(out)])
+    assert_one_error_line(result, out, "CartPole-v1", "Discrete", "continuous Box action space")
+
+
+def test_corrupt_checkpoint_is_an_error(sac_run, tmp_path):
+    run = copy_run(sac_run, tmp_path)
+    broken = sorted(glob.glob(os.path.join(run, "checkpoints", "actor_*.pt")))[1]
+    truncate(broken)
+    out = tmp_path / "x.hdf5"
+    line = assert_one_error_line(run_generate(generate_args(run, "medium", str(out))[2:]), out, broken)
+    assert "not a readable" in line
+
+
+def test_corrupt_replay_buffer_is_an_error(sac_run, tmp_path):
+    run = copy_run(sac_run, tmp_path)
+    broken = os.path.join(run, "replay_buffer.npz")
+    truncate(broken)
+    out = tmp_path / "x.hdf5"
+    line = assert_one_error_line(run_generate(generate_args(run, "medium-replay", str(out))[2:]), out, broken)
+    assert "not a readable" in line
+
+
+def test_checkpoint_of_another_env_is_an_error(sac_run, tmp_path):
+    """A Pendulum run (3-dim observations, 1-dim actions) with MountainCarContinuous (2 and 1)."""
+    out = tmp_path / "x.hdf5"
+    result = run_generate([*generate_args(sac_run, "medium", str(out))[2:], "--env-id", "MountainCarContinuous-v0"])
+    assert_one_error_line(result, out, "MountainCarContinuous-v0", ENV_ID, "3-dim observations", "2-dim")
+
+
+def test_out_is_a_directory_is_an_error(sac_run, tmp_path):
+    out = tmp_path / "folder"
+    out.mkdir()
+    assert_one_error_line(run_generate(generate_args(sac_run, "random", str(out))[2:]), out, str(out), "directory")
+    assert os.listdir(out) == []
+
+
+def test_out_folder_cannot_be_made_is_an_error(sac_run, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "sub" / "x.hdf5"
+    result = run_generate(generate_args(sac_run, "random", str(out))[2:])
+    assert_one_error_line(result, out, str(tmp_path / "a_file"), "not a directory")
+
+
+def test_failed_final_write_removes_tmp(sac_run, tmp_path, monkeypatch):
+    """The write fails after collection (a full disk, say): the .tmp file goes, the error names the path."""
+    generate = load_script(GENERATE)
+    out = str(tmp_path / "x.hdf5")
+
+    def replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sys, "argv", generate_args(sac_run, "random", out)[1:])
+    monkeypatch.setattr(generate.os, "replace", replace)
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main()
+    message = str(exit_info.value.code)
+    assert message.startswith("error:") and "\n" not in message
+    assert out in message and "No space left on device" in message
+    assert os.listdir(tmp_path) == []
