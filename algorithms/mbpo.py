@@ -14,6 +14,21 @@ k(epoch) (the paper's linear schedule) refreshes the model buffer.
 Example:
     python algorithms/mbpo.py --dataset shipped/hopper-medium-replay --num-updates 50000
     python algorithms/mbpo.py --env-id Hopper-v4 --total-timesteps 125000
+
+Logged (tensorboard, in the run directory):
+    losses/critic_loss          squared TD error of the two critics against the soft target, summed over both
+    losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
+    values/q_mean               mean Q(s, a) of both critics on the minibatch (real and model transitions)
+    charts/alpha                SAC's temperature α (before this update's temperature step)
+    charts/entropy              the policy's entropy estimate -E[log π(a|s)]
+    rollout/uncertainty         mean aleatoric u(s, a) over the last batch of model rollouts (logged, not used)
+    rollout/reward              their mean model reward
+    rollout/terminal_rate       the fraction of their transitions that terminate
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
+Online (--env-id): the same keys except eval/normalized_score and charts/updates_per_second, the losses
+every log_every environment steps.
 """
 
 import copy
@@ -291,8 +306,14 @@ def run_online(args: Args, device: torch.device) -> None:
                 real_part, imagined = real.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
                 logs = update(*(torch.cat([r, m]) for r, m in zip(real_part, imagined)))
             if step % args.log_every == 0:
-                for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
-                    writer.add_scalar(key, value.item(), step)
+                sac_logs = {  # the SAC block's keys, with their tensorboard prefixes
+                    "losses/critic_loss": logs["critic_loss"],
+                    "losses/actor_loss": logs["actor_loss"],
+                    "values/q_mean": logs["q_mean"],
+                    "charts/alpha": logs["alpha"],
+                    "charts/entropy": logs["entropy"],
+                }
+                log_scalars(writer, sac_logs | rollout_stats, step)
 
         if step % args.eval_every == 0 or step == args.total_timesteps:
             returns = evaluate(lambda: gym.make(args.env_id), act, args.eval_episodes, seed=args.seed + step)
@@ -393,8 +414,14 @@ def main():
         logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
 
         if step % args.log_every == 0:
-            for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
-                writer.add_scalar(key, value.item(), step)
+            sac_logs = {  # the SAC block's keys, with their tensorboard prefixes
+                "losses/critic_loss": logs["critic_loss"],
+                "losses/actor_loss": logs["actor_loss"],
+                "values/q_mean": logs["q_mean"],
+                "charts/alpha": logs["alpha"],
+                "charts/entropy": logs["entropy"],
+            }
+            log_scalars(writer, sac_logs | rollout_stats, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             train_time += time.time() - tick
             returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)

@@ -8,17 +8,32 @@ minibatches that mix real transitions (5 %) with short model rollouts (h steps) 
 from dataset states, whose rewards are penalised by the model's uncertainty:
 r̃(s, a) = r̂(s, a) - λ u(s, a) (Eq. 5). The paper's u is the largest norm of the predicted
 standard deviation over the ensemble (aleatoric, `--uncertainty aleatoric`, the official
-code); `--uncertainty epistemic` uses the ensemble's disagreement instead (the largest
-distance of a member's mean from the ensemble mean). Rollouts stop at predicted
-terminations (known rules for the MuJoCo tasks, otherwise learned from the data).
+code: tianheyu927/mopo, mopo/models/fake_env.py); `--uncertainty epistemic` uses the
+ensemble's disagreement instead (the largest distance of a member's mean from the ensemble
+mean). Rollouts stop at predicted terminations (known rules for the MuJoCo tasks, otherwise
+learned from the data).
 
-Settings follow OfflineRL-Kit's MOPO (the reference of the D4RL v2 numbers in
-benchmarks/): actor lr 1e-4, critic lr 3e-4, α auto-tuned toward -|A|, 50,000 rollouts
-of length h every 1000 updates, the last 5 rollout batches kept; per-dataset h and λ in
-benchmarks/configs/mopo/.
+Settings follow OfflineRL-Kit's MOPO (yihaosun1124/OfflineRL-Kit, run_example/run_mopo.py;
+the reference of the D4RL v2 numbers in benchmarks/): actor lr 1e-4, critic lr 3e-4, α
+auto-tuned toward -|A|, 50,000 rollouts of length h every 1000 updates, the last 5 rollout
+batches kept; per-dataset h and λ in benchmarks/configs/mopo/.
 
 Example:
     python algorithms/mopo.py --dataset shipped/hopper-medium-replay --num-updates 50000
+
+Logged (tensorboard, in the run directory):
+    losses/critic_loss          squared TD error of the two critics against the soft target, summed over both
+    losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
+    values/q_mean               mean Q(s, a) of both critics on the minibatch (real and model transitions)
+    charts/alpha                SAC's temperature α (before this update's temperature step)
+    charts/entropy              the policy's entropy estimate -E[log π(a|s)]
+    rollout/uncertainty         mean u(s, a) (the chosen --uncertainty) over the last batch of model rollouts
+    rollout/raw_reward          their mean model reward r̂
+    rollout/penalized_reward    their mean penalised reward r̃ = r̂ - λ u
+    rollout/terminal_rate       the fraction of their transitions that terminate
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
 """
 
 import copy
@@ -269,8 +284,14 @@ def main():
         logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
 
         if step % args.log_every == 0:
-            for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
-                writer.add_scalar(key, value.item(), step)
+            sac_logs = {  # the SAC block's keys, with their tensorboard prefixes
+                "losses/critic_loss": logs["critic_loss"],
+                "losses/actor_loss": logs["actor_loss"],
+                "values/q_mean": logs["q_mean"],
+                "charts/alpha": logs["alpha"],
+                "charts/entropy": logs["entropy"],
+            }
+            log_scalars(writer, sac_logs | rollout_stats, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             train_time += time.time() - tick
             returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)

@@ -10,7 +10,8 @@ negative reward. Inside the known region the model is trusted as is: no reward p
 Disagreement is the paper's max over member pairs of ||μ_i(s, a) - μ_j(s, a)||
 (`--uncertainty epistemic`) or the largest predicted std norm (`--uncertainty aleatoric`).
 The threshold is the largest disagreement the ensemble shows on the dataset itself divided
-by the pessimism coefficient (the official code's rule; 3.0 for hopper-medium).
+by the pessimism coefficient (the official code's rule: aravindr93/mjrl, projects/morel/run_morel.py;
+3.0 for hopper-medium in projects/morel/configs/d4rl_hopper_medium.txt).
 
 Differences from the paper: the paper optimises the P-MDP with model-based NPG (a 64x64
 policy, behaviour-cloned start, long rollouts on 4 deterministic 2x512 models). Here the
@@ -20,6 +21,19 @@ only the pessimism), on the shared probabilistic ensemble (means for USAD).
 
 Example:
     python algorithms/morel.py --dataset shipped/hopper-medium-replay --num-updates 50000
+
+Logged (tensorboard, in the run directory):
+    losses/critic_loss          squared TD error of the two critics against the soft target, summed over both
+    losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
+    values/q_mean               mean Q(s, a) of both critics on the minibatch (real and model transitions)
+    charts/alpha                SAC's temperature α (before this update's temperature step)
+    charts/entropy              the policy's entropy estimate -E[log π(a|s)]
+    rollout/halt_rate           fraction of the last batch of model-rollout transitions that enter HALT (USAD)
+    rollout/reward              their mean reward (-κ on HALT)
+    rollout/terminal_rate       the fraction of them that end the rollout (termination or HALT)
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
 """
 
 import copy
@@ -283,8 +297,14 @@ def main():
         logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
 
         if step % args.log_every == 0:
-            for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
-                writer.add_scalar(key, value.item(), step)
+            sac_logs = {  # the SAC block's keys, with their tensorboard prefixes
+                "losses/critic_loss": logs["critic_loss"],
+                "losses/actor_loss": logs["actor_loss"],
+                "values/q_mean": logs["q_mean"],
+                "charts/alpha": logs["alpha"],
+                "charts/entropy": logs["entropy"],
+            }
+            log_scalars(writer, sac_logs | rollout_stats, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             train_time += time.time() - tick
             returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)

@@ -17,6 +17,15 @@ medium-replay, ...). It is the online baseline of the model-based scripts too.
 
 Example:
     python algorithms/sac.py --env-id Hopper-v4 --total-timesteps 300000
+
+Logged (tensorboard, in the run directory; the losses every 1000 updates):
+    losses/critic_loss          squared error of the two Q-functions against the soft target, summed over both
+    losses/actor_loss           the actor's loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
+    charts/alpha                the temperature α (before this update's temperature step)
+    charts/entropy              the policy's entropy estimate -E[log π(a|s)]
+    charts/updates_per_second   updates per second, timing the updates alone
+    charts/episodic_return      return of each finished training episode (at the environment step it ends)
+    eval/return                 mean return of the deterministic evaluation episodes
 """
 
 import ctypes
@@ -252,7 +261,12 @@ def main():
         with torch.no_grad():
             for p, tp in zip(critic.parameters(), critic_target.parameters()):
                 tp.lerp_(p, args.tau)
-        return critic_loss.detach(), actor_loss.detach(), alpha, -logp.detach().mean()
+        return {
+            "losses/critic_loss": critic_loss.detach(),
+            "losses/actor_loss": actor_loss.detach(),
+            "charts/alpha": alpha,
+            "charts/entropy": -logp.detach().mean(),
+        }
 
     if args.compile:
         update = torch.compile(update)
@@ -289,12 +303,7 @@ def main():
             update_time += time.time() - t0
             num_updates += 1
             if num_updates % 1000 == 0:
-                critic_loss, actor_loss, alpha, entropy = (x.item() for x in logs)
-                writer.add_scalar("losses/critic_loss", critic_loss, step)
-                writer.add_scalar("losses/actor_loss", actor_loss, step)
-                writer.add_scalar("losses/alpha", alpha, step)
-                writer.add_scalar("charts/entropy", entropy, step)
-                writer.add_scalar("charts/updates_per_second", num_updates / update_time, step)
+                log_scalars(writer, logs | {"charts/updates_per_second": num_updates / update_time}, step)
 
         if step % args.eval_every == 0 or step == args.total_timesteps:
             returns = evaluate(
