@@ -186,8 +186,8 @@ def critic_loss_fn(critic, critic_target, actor, batch, gamma: float):
 
 
 def awac_weights(q_data: torch.Tensor, q_policy: torch.Tensor, awac_lambda: float, max_weight: float) -> torch.Tensor:
-    """exp(A / λ) with A(s, a) = Q(s, a) - Q(s, ã), ã ~ π(s), a one-sample estimate of Q - V; clipped at "
-    "`max_weight`."""
+    """exp(A / λ) with A(s, a) = Q(s, a) - Q(s, ã), ã ~ π(s), a one-sample estimate of Q - V; clipped at
+    `max_weight`."""
     return torch.exp((q_data - q_policy) / awac_lambda).clamp(max=max_weight)
 
 

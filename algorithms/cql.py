@@ -186,8 +186,8 @@ class DoubleCritic(nn.Module):
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
 
     def many(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Q(s, a_k) for K actions per state in one batched pass: obs [B, obs_dim], actions [B, K, act_dim] -> [2, "
-        "B, K]."""
+        """Q(s, a_k) for K actions per state in one batched pass: obs [B, obs_dim], actions [B, K, act_dim] ->
+        [2, B, K]."""
         batch, k, act_dim = actions.shape
         return self(
             obs.unsqueeze(1).expand(-1, k, -1).reshape(batch * k, -1), actions.reshape(batch * k, act_dim)

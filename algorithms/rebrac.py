@@ -225,8 +225,8 @@ def critic_loss_fn(
     policy_noise: float,
     noise_clip: float,
 ):
-    """Clipped double Q-learning with target policy smoothing (TD3) and the critic's BC penalty, summed over both "
-    "critics."""
+    """Clipped double Q-learning with target policy smoothing (TD3) and the critic's BC penalty, summed over both
+    critics."""
     obs, actions, rewards, next_obs, terminals, dataset_next_actions, has_next = batch
     with torch.no_grad():
         scale = actor_target.action_scale
