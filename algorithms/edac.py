@@ -19,7 +19,7 @@ Example:
     python algorithms/edac.py --dataset shipped/hopper-medium-replay --num-updates 50000
 
 Logged (tensorboard, in the run directory):
-    losses/critic_loss          squared TD error of the N critics summed over members, plus η ES
+    losses/critic_loss          squared TD error of the N critics, summed over members, plus η ES
     values/q_mean               mean Q(s, a) of the N critics on the minibatch's (s, a)
     losses/actor_loss           the actor's loss E[α log π(a|s) - min_j Q_j(s, a)], a ~ π(s)
     charts/alpha                SAC's temperature α (after this step's update)

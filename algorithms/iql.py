@@ -121,8 +121,7 @@ class Actor(nn.Module):
 
     μ(s) = tanh(MLP(s)) rescaled to the action box; log σ is a free parameter per action
     dimension, clipped to [-5, 2] as in the official code (ikostrikov/implicit_q_learning, learner.py and
-    policy.py). σ is measured in units of the
-    half-width of the box, so the policy is the same on any box.
+    policy.py). σ is measured in units of the half-width of the box, so the policy is the same on any box.
     """
 
     LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
