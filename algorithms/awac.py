@@ -10,13 +10,25 @@ advantage A(s, a) = Q(s, a) - E_{ã~π}[Q(s, ã)] taken from a twin Q-function t
 TD learning toward Q̂(s', a'), a' ~ π(s'). The policy never has to leave the data's support to
 be improved, which is what makes it work offline (and then online, the paper's point).
 
-Settings follow the authors' code (rlkit, examples/awac/mujoco/awac1.py): batch 1024, a
-Gaussian actor of 4x256 with a state-independent std, twin Q-functions of 2x256, Adam 3e-4,
+Settings follow the authors' code (rail-berkeley/rlkit, examples/awac/mujoco/awac1.py): batch 1024,
+a Gaussian actor of 4x256 with a state-independent std, twin Q-functions of 2x256, Adam 3e-4,
 weight decay 1e-4 on the actor, λ = 1. The weights are exp(A / λ) clipped at 100 as in CORL's
-port (rlkit's default instead normalises them with a softmax over the batch).
+port (tinkoff-ai/CORL, algorithms/offline/awac.py); rlkit's default (rlkit/torch/sac/awac_trainer.py)
+instead normalises them with a softmax over the batch.
 
 Example:
     python algorithms/awac.py --dataset shipped/hopper-medium-replay --num-updates 50000
+
+Logged (tensorboard, in the run directory):
+    losses/critic_loss                squared TD error of the two Q-functions, summed over both
+    losses/actor_loss                 weighted regression loss -E[log π(a | s) exp(A(s, a) / λ)]
+    values/q_mean                     mean Q(s, a) of both Q-functions on the minibatch's (s, a)
+    values/weight_mean                mean weight min(exp(A / λ), max_weight)
+    values/weight_clipped_fraction    fraction of the weights clipped at max_weight
+    charts/policy_std                 the actor's state-independent σ (in action units), averaged over dimensions
+    eval/return                       mean return of the evaluation episodes
+    eval/normalized_score             their mean D4RL normalised score
+    charts/updates_per_second         updates per second of training time (evaluation excluded)
 """
 
 import contextlib
@@ -57,19 +69,19 @@ class Args:
     num_updates: int = 1_000_000
     """gradient updates (each updates the actor and both Q-functions once)"""
     batch_size: int = 1024
-    """minibatch size (the authors' code; CORL's port uses 256)"""
+    """minibatch size (the authors' rail-berkeley/rlkit examples/awac/mujoco/awac1.py; CORL's port uses 256)"""
     actor_lr: float = 3e-4
     """Adam learning rate of the actor"""
     critic_lr: float = 3e-4
     """Adam learning rate of the two Q-functions"""
     actor_weight_decay: float = 1e-4
-    """L2 weight decay of the actor's Adam (the authors' policy_weight_decay)"""
+    """L2 weight decay of the actor's Adam (policy_weight_decay in the authors' rail-berkeley/rlkit awac1.py)"""
     hidden_dim: int = 256
     """width of the hidden layers of actor and critics"""
     actor_layers: int = 4
-    """hidden layers of the actor (the authors' 4; CORL's port uses 3)"""
+    """hidden layers of the actor (4 in the authors' rail-berkeley/rlkit awac1.py; CORL's port uses 3)"""
     critic_layers: int = 2
-    """hidden layers of each Q-function (the authors' 2; CORL's port uses 3)"""
+    """hidden layers of each Q-function (2 in the authors' rail-berkeley/rlkit awac1.py; CORL's port uses 3)"""
     gamma: float = 0.99
     """discount γ"""
     tau: float = 0.005
@@ -79,7 +91,8 @@ class Args:
     max_weight: float = 100.0
     """clip of the weights exp(A / λ) (CORL's exp_adv_max)"""
     normalize_observations: bool = False
-    """standardise observations with the dataset's mean and std (the authors' code does not; CORL does)"""
+    """standardise observations with the dataset's mean and std (the authors' rail-berkeley/rlkit does not; CORL
+    does)"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -111,7 +124,8 @@ def mlp(in_dim: int, hidden_dim: int, layers: int) -> list[nn.Module]:
 
 
 class Actor(nn.Module):
-    """Gaussian policy N(μ(s), σ²), the authors' AWAC actor.
+    """Gaussian policy N(μ(s), σ²), the authors' AWAC actor (rail-berkeley/rlkit, rlkit/torch/sac/policies/
+    gaussian_policy.py, as examples/awac/mujoco/awac1.py configures it).
 
     μ(s) = tanh(MLP(s)) rescaled to the action box. log σ does not depend on the state: one
     parameter ℓ per action dimension, log σ = -6 + 6 sigmoid(ℓ) in [-6, 0] (rlkit's
@@ -175,8 +189,8 @@ def critic_loss_fn(critic, critic_target, actor, batch, gamma: float):
 
 
 def awac_weights(q_data: torch.Tensor, q_policy: torch.Tensor, awac_lambda: float, max_weight: float) -> torch.Tensor:
-    """exp(A / λ) with A(s, a) = Q(s, a) - Q(s, ã), ã ~ π(s), a one-sample estimate of Q - V; clipped at "
-    "`max_weight`."""
+    """exp(A / λ) with A(s, a) = Q(s, a) - Q(s, ã), ã ~ π(s), a one-sample estimate of Q - V; clipped at
+    `max_weight`."""
     return torch.exp((q_data - q_policy) / awac_lambda).clamp(max=max_weight)
 
 
@@ -214,7 +228,8 @@ def main():
         obs, actions = batch[0], batch[1]
         critic_loss, q = critic_loss_fn(critic, critic_target, actor, batch, args.gamma)
         mean = actor(obs)
-        with torch.no_grad():  # the advantage, from the critic before this step (as the authors' code)
+        # the advantage, from the critic before this step (as the authors' rail-berkeley/rlkit awac_trainer.py)
+        with torch.no_grad():
             q_policy = critic(obs, actor.sample(mean)).min(0).values
             weights = awac_weights(q.min(0).values, q_policy, args.awac_lambda, args.max_weight)
         actor_loss = actor_loss_fn(gaussian_log_prob(mean, actor.log_std(), actions), weights)
@@ -227,13 +242,13 @@ def main():
         with torch.no_grad():  # Polyak averaging of the target Q-functions
             for p, tp in zip(critic.parameters(), critic_target.parameters()):
                 tp.lerp_(p, args.tau)
-        return (
-            critic_loss.detach(),
-            actor_loss.detach(),
-            q.detach().mean(),
-            weights.mean(),
-            (weights == args.max_weight).float().mean(),
-        )
+        return {
+            "losses/critic_loss": critic_loss.detach(),
+            "losses/actor_loss": actor_loss.detach(),
+            "values/q_mean": q.detach().mean(),
+            "values/weight_mean": weights.mean(),
+            "values/weight_clipped_fraction": (weights == args.max_weight).float().mean(),
+        }
 
     if args.compile:
         update = torch.compile(update)
@@ -265,9 +280,7 @@ def main():
         clock.tick()
 
         if step % args.log_every == 0:
-            for name, x in zip(("critic_loss", "actor_loss", "q_mean", "weight_mean", "weight_clipped_fraction"), logs):
-                writer.add_scalar(f"losses/{name}", x.item(), step)
-            writer.add_scalar("charts/policy_std", actor.log_std().exp().mean().item(), step)
+            log_scalars(writer, logs | {"charts/policy_std": actor.log_std().exp().mean()}, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)

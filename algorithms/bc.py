@@ -11,6 +11,12 @@ with the dataset's mean and standard deviation, as TD3+BC does.
 
 Example:
     python algorithms/bc.py --dataset shipped/hopper-medium-replay --num-updates 20000
+
+Logged (tensorboard, in the run directory):
+    losses/bc_loss              mean squared error between the policy's and the dataset's actions
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   updates per second of training time (evaluation excluded)
 """
 
 import contextlib
@@ -132,7 +138,7 @@ def main():
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return loss.detach()
+        return {"losses/bc_loss": loss.detach()}
 
     if args.compile:
         update = torch.compile(update)
@@ -154,11 +160,11 @@ def main():
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
     clock = TrainClock(clock_state)
     for step in bar:
-        loss = update(*data.sample(args.batch_size)[:2])
+        logs = update(*data.sample(args.batch_size)[:2])
         clock.tick()
 
         if step % args.log_every == 0:
-            writer.add_scalar("losses/bc_loss", loss.item(), step)
+            log_scalars(writer, logs, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)

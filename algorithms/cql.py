@@ -9,12 +9,25 @@ It pushes Q down on every action, most on those Q overrates, and back up on the 
 so the learned Q is a lower bound on the policy's value off the data and the actor cannot exploit
 over-estimated unseen actions. log Σ_a exp Q(s, a) is estimated by importance sampling from N
 uniform actions, N actions of the current policy at s and N at s', each term corrected by its
-own log-density, exactly as the authors' code does (min_q_version 3). All 1 + 3N action sets of
-a minibatch go through both Q-functions in one batched pass. The Lagrange variant, which tunes
-α so that the penalty stays near a threshold τ, is an option (off on locomotion, as in the paper).
+own log-density, exactly as the authors' code does (aviralkumar2907/CQL, d4rl/rlkit/torch/sac/cql.py,
+min_q_version 3). All 1 + 3N action sets of a minibatch go through both Q-functions in one
+batched pass. The Lagrange variant, which tunes α so that the penalty stays near a threshold τ,
+is an option (off on locomotion, as in the paper).
 
 Example:
     python algorithms/cql.py --dataset shipped/hopper-medium-replay --num-updates 50000
+
+Logged (tensorboard, in the run directory):
+    losses/td_loss              squared TD error of the two Q-functions, summed over both
+    losses/cql_penalty          the CQL(H) term α (log Σ_a exp Q(s, a) - Q(s, a_data)), averaged over both
+    losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
+    charts/alpha                SAC's temperature α (before this step's update)
+    charts/entropy              the policy's entropy estimate -E[log π(a|s)]
+    values/q_mean               mean Q(s, a) of both Q-functions on the minibatch's (s, a)
+    charts/cql_alpha_prime      the Lagrange multiplier α' (only with --lagrange-threshold > 0)
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   updates per second of training time (evaluation excluded)
 """
 
 import contextlib
@@ -59,30 +72,34 @@ class Args:
     """minibatch size"""
     actor_lr: float = 1e-4
     """Adam learning rate of the actor and of log α: the default of the authors' D4RL launcher
-    (examples/cql_mujoco_new.py); the paper's appendix and CORL use 3e-5, which learns slower"""
+    (aviralkumar2907/CQL, d4rl/examples/cql_mujoco_new.py); the paper's appendix and CORL use 3e-5, which learns
+    slower"""
     critic_lr: float = 3e-4
     """Adam learning rate of the two Q-functions (and of log α' in the Lagrange variant)"""
     hidden_dim: int = 256
     """width of the hidden layers of actor and Q-functions"""
     layers: int = 3
-    """hidden layers of actor and Q-functions (the authors' 3x256)"""
+    """hidden layers of actor and Q-functions (the authors' 3x256, aviralkumar2907/CQL)"""
     gamma: float = 0.99
     """discount γ"""
     tau: float = 0.005
     """target smoothing coefficient τ of the target Q-functions"""
     cql_alpha: float = 5.0
-    """α of the CQL(H) penalty (Eq. 4), the authors' min_q_weight: 5 or 10 without the Lagrange variant"""
+    """α of the CQL(H) penalty (Eq. 4), min_q_weight in the authors' aviralkumar2907/CQL: 5 or 10 without the
+    Lagrange variant"""
     num_sampled_actions: int = 10
     """N: actions drawn per state from each of uniform, π(·|s) and π(·|s') for log Σ_a exp Q"""
     cql_temperature: float = 1.0
-    """temperature of the log-sum-exp (the authors' temp)"""
+    """temperature of the log-sum-exp (temp in the authors' aviralkumar2907/CQL)"""
     lagrange_threshold: float = -1.0
     """τ of CQL(Lagrange): when > 0, a multiplier α' ≥ 0 scales the penalty and is tuned so that
     α (log Σ exp Q - Q(data)) stays near τ; < 0 turns the variant off (locomotion)"""
     backup_entropy: bool = False
-    """subtract α log π(a'|s') in the Q target (off: the authors' deterministic_backup on D4RL)"""
+    """subtract α log π(a'|s') in the Q target (off: deterministic_backup in the authors' aviralkumar2907/CQL on
+    D4RL)"""
     normalize_observations: bool = False
-    """standardise observations with the dataset's mean and std (the authors' code does not; CORL does)"""
+    """standardise observations with the dataset's mean and std (the authors' aviralkumar2907/CQL does not; CORL
+    does)"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -116,7 +133,9 @@ def mlp(in_dim: int, hidden_dim: int, layers: int) -> list[nn.Module]:
 class Actor(nn.Module):
     """Tanh-squashed Gaussian policy (SAC's), rescaled to the action box; log σ depends on the state."""
 
-    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # rlkit's TanhGaussianPolicy, which the authors' code uses
+    # rail-berkeley/rlkit's TanhGaussianPolicy (rlkit/torch/sac/policies/gaussian_policy.py); the authors' copy of
+    # rlkit in aviralkumar2907/CQL (d4rl/rlkit/torch/sac/policies.py) clips log σ at -5 instead of -20
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
     def __init__(
         self, obs_dim: int, act_dim: int, hidden_dim: int, layers: int, action_low: np.ndarray, action_high: np.ndarray
@@ -170,8 +189,8 @@ class DoubleCritic(nn.Module):
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
 
     def many(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Q(s, a_k) for K actions per state in one batched pass: obs [B, obs_dim], actions [B, K, act_dim] -> [2, "
-        "B, K]."""
+        """Q(s, a_k) for K actions per state in one batched pass: obs [B, obs_dim], actions [B, K, act_dim] ->
+        [2, B, K]."""
         batch, k, act_dim = actions.shape
         return self(
             obs.unsqueeze(1).expand(-1, k, -1).reshape(batch * k, -1), actions.reshape(batch * k, act_dim)
@@ -198,7 +217,8 @@ def uniform_actions(low: torch.Tensor, high: torch.Tensor, batch: int, num: int)
 
 
 def cql_logsumexp(q_sampled: torch.Tensor, log_density: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The importance-sampled estimate of log Σ_a exp Q(s, a), as the authors' code computes it:
+    """The importance-sampled estimate of log Σ_a exp Q(s, a), as the authors' code computes it (aviralkumar2907/CQL,
+    d4rl/rlkit/torch/sac/cql.py):
     T log Σ_j exp((Q(s, a_j) - log μ_j(a_j | s)) / T) over the sampled actions a_j ~ μ_j (the last
     dimension), each sample corrected by the density it was drawn from (the constant -log 3N omitted)."""
     return temperature * torch.logsumexp((q_sampled - log_density) / temperature, dim=-1)
@@ -261,7 +281,8 @@ def main():
         obs, actions, rewards, next_obs, terminals = batch
         alpha = log_alpha.exp().detach()
         # SAC's actor and temperature losses (Q's weights frozen in the actor's loss; α is the value before
-        # this step's temperature update, which the authors' code applies first: a one-step lag)
+        # this step's temperature update, which the authors' code applies first, aviralkumar2907/CQL
+        # d4rl/rlkit/torch/sac/cql.py: a one-step lag)
         mean, log_std = actor(obs)
         pi, logp = actor.sample(mean, log_std)
         actor_loss = (alpha * logp - critic.frozen(obs, pi).min(0).values).mean()
@@ -306,15 +327,17 @@ def main():
         with torch.no_grad():  # Polyak averaging of the target Q-functions
             for p, tp in zip(critic.parameters(), critic_target.parameters()):
                 tp.lerp_(p, args.tau)
-        return (
-            td_loss.sum().detach(),
-            penalty.detach().mean(),
-            actor_loss.detach(),
-            alpha,
-            -logp.detach().mean(),
-            q_data.detach().mean(),
-            log_alpha_prime.detach().exp(),
-        )
+        logs = {
+            "losses/td_loss": td_loss.sum().detach(),
+            "losses/cql_penalty": penalty.detach().mean(),
+            "losses/actor_loss": actor_loss.detach(),
+            "charts/alpha": alpha,
+            "charts/entropy": -logp.detach().mean(),
+            "values/q_mean": q_data.detach().mean(),
+        }
+        if lagrange:
+            logs["charts/cql_alpha_prime"] = log_alpha_prime.detach().exp()
+        return logs
 
     if args.compile:
         update = torch.compile(update)
@@ -351,10 +374,7 @@ def main():
         clock.tick()
 
         if step % args.log_every == 0:
-            names = ("td_loss", "cql_penalty", "actor_loss", "alpha", "entropy", "q_mean", "alpha_prime")
-            for name, x in zip(names, logs):
-                if name != "alpha_prime" or lagrange:
-                    writer.add_scalar(f"losses/{name}", x.item(), step)
+            log_scalars(writer, logs, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)

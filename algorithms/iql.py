@@ -14,6 +14,19 @@ state-independent std, and its learning rate decays to 0 on a cosine schedule.
 
 Example:
     python algorithms/iql.py --dataset shipped/hopper-medium-replay --num-updates 50000
+
+Logged (tensorboard, in the run directory):
+    losses/value_loss                 expectile loss of V against min_i Q̂_i(s, a) (Eq. 5)
+    losses/critic_loss                squared error of the two Q-functions against r + γ V(s') (Eq. 6), summed
+    losses/actor_loss                 advantage-weighted regression loss -E[w log π(a | s)] (Eq. 7)
+    values/q_mean                     mean Q(s, a) of both Q-functions on the minibatch's (s, a)
+    values/v_mean                     mean V(s) (after this step's value update)
+    values/weight_mean                mean advantage weight w = min(exp(β (Q̂ - V)), max_weight)
+    values/weight_clipped_fraction    fraction of the weights clipped at max_weight
+    charts/actor_lr                   the actor's learning rate (cosine schedule)
+    eval/return                       mean return of the evaluation episodes
+    eval/normalized_score             their mean D4RL normalised score
+    charts/updates_per_second         updates per second of training time (evaluation excluded)
 """
 
 import contextlib
@@ -62,7 +75,8 @@ class Args:
     value_lr: float = 3e-4
     """Adam learning rate of the value function V"""
     cosine_actor_lr: bool = True
-    """cosine decay of the actor's learning rate to 0 (the official code's default)"""
+    """cosine decay of the actor's learning rate to 0 (the default of the official code,
+    ikostrikov/implicit_q_learning learner.py)"""
     hidden_dim: int = 256
     """width of the two hidden layers of actor, Q-functions and V"""
     gamma: float = 0.99
@@ -74,11 +88,13 @@ class Args:
     beta: float = 3.0
     """inverse temperature β of the advantage weights exp(β (Q - V)) (Eq. 7)"""
     max_weight: float = 100.0
-    """clip of the advantage weights exp(β (Q - V)) (the official code's 100)"""
+    """clip of the advantage weights exp(β (Q - V)) (100 in the official code, ikostrikov/implicit_q_learning
+    actor.py)"""
     scale_rewards: bool = True
     """multiply rewards by 1000 / (max - min episode return of the data), the paper's locomotion setting"""
     normalize_observations: bool = False
-    """standardise observations with the dataset's mean and std (the official code does not)"""
+    """standardise observations with the dataset's mean and std (the official code,
+    ikostrikov/implicit_q_learning, does not)"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -107,8 +123,8 @@ class Actor(nn.Module):
     """Gaussian policy N(μ(s), σ²) with a state-independent σ, the paper's locomotion actor.
 
     μ(s) = tanh(MLP(s)) rescaled to the action box; log σ is a free parameter per action
-    dimension, clipped to [-5, 2] as in the official code. σ is measured in units of the
-    half-width of the box, so the policy is the same on any box.
+    dimension, clipped to [-5, 2] as in the official code (ikostrikov/implicit_q_learning, learner.py and
+    policy.py). σ is measured in units of the half-width of the box, so the policy is the same on any box.
     """
 
     LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -175,7 +191,8 @@ class ValueNet(nn.Module):
 
 def reward_scale(episode_returns: np.ndarray) -> float:
     """1000 / (max - min episode return of the data): the paper's reward scale on locomotion
-    (normalize() in the official train_offline.py), so that β means the same on every dataset.
+    (normalize() in train_offline.py of the official code, ikostrikov/implicit_q_learning), so that β means
+    the same on every dataset.
     The episodes are the dataset block's (an episode cut short by the end of the data is left out)."""
     spread = float(np.max(episode_returns) - np.min(episode_returns)) if len(episode_returns) else 0.0
     if not spread > 0:
@@ -253,7 +270,8 @@ def main():
         value_opt.zero_grad(set_to_none=True)
         value_loss.backward()
         value_opt.step()
-        # the updated V gives both the actor's advantages and the Q targets (as in the official code)
+        # the updated V gives both the actor's advantages and the Q targets (as in the official code,
+        # ikostrikov/implicit_q_learning learner.py)
         with torch.no_grad():
             v, next_v = value_net(torch.cat([obs, next_obs])).chunk(2)
         weights = advantage_weights(target_q - v, args.beta, args.max_weight)
@@ -268,15 +286,15 @@ def main():
         with torch.no_grad():  # Polyak averaging of the target Q-functions
             for p, tp in zip(critic.parameters(), critic_target.parameters()):
                 tp.lerp_(p, args.tau)
-        return (
-            value_loss.detach(),
-            critic_loss.detach(),
-            actor_loss.detach(),
-            q.mean(),
-            v.mean(),
-            weights.mean(),
-            (weights == args.max_weight).float().mean(),
-        )
+        return {
+            "losses/value_loss": value_loss.detach(),
+            "losses/critic_loss": critic_loss.detach(),
+            "losses/actor_loss": actor_loss.detach(),
+            "values/q_mean": q.mean(),
+            "values/v_mean": v.mean(),
+            "values/weight_mean": weights.mean(),
+            "values/weight_clipped_fraction": (weights == args.max_weight).float().mean(),
+        }
 
     if args.compile:
         update = torch.compile(update)
@@ -313,20 +331,7 @@ def main():
             actor_schedule.step()
 
         if step % args.log_every == 0:
-            for name, x in zip(
-                (
-                    "value_loss",
-                    "critic_loss",
-                    "actor_loss",
-                    "q_mean",
-                    "v_mean",
-                    "weight_mean",
-                    "weight_clipped_fraction",
-                ),
-                logs,
-            ):
-                writer.add_scalar(f"losses/{name}", x.item(), step)
-            writer.add_scalar("charts/actor_lr", actor_opt.param_groups[0]["lr"], step)
+            log_scalars(writer, logs | {"charts/actor_lr": actor_opt.param_groups[0]["lr"]}, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)

@@ -8,17 +8,32 @@ minibatches that mix real transitions (5 %) with short model rollouts (h steps) 
 from dataset states, whose rewards are penalised by the model's uncertainty:
 r̃(s, a) = r̂(s, a) - λ u(s, a) (Eq. 5). The paper's u is the largest norm of the predicted
 standard deviation over the ensemble (aleatoric, `--uncertainty aleatoric`, the official
-code); `--uncertainty epistemic` uses the ensemble's disagreement instead (the largest
-distance of a member's mean from the ensemble mean). Rollouts stop at predicted
-terminations (known rules for the MuJoCo tasks, otherwise learned from the data).
+code: tianheyu927/mopo, mopo/models/fake_env.py); `--uncertainty epistemic` uses the
+ensemble's disagreement instead (the largest distance of a member's mean from the ensemble
+mean). Rollouts stop at predicted terminations (known rules for the MuJoCo tasks, otherwise
+learned from the data).
 
-Settings follow OfflineRL-Kit's MOPO (the reference of the D4RL v2 numbers in
-benchmarks/): actor lr 1e-4, critic lr 3e-4, α auto-tuned toward -|A|, 50,000 rollouts
-of length h every 1000 updates, the last 5 rollout batches kept; per-dataset h and λ in
-benchmarks/configs/mopo/.
+Settings follow OfflineRL-Kit's MOPO (yihaosun1124/OfflineRL-Kit, run_example/run_mopo.py;
+the reference of the D4RL v2 numbers in benchmarks/): actor lr 1e-4, critic lr 3e-4, α
+auto-tuned toward -|A|, 50,000 rollouts of length h every 1000 updates, the last 5 rollout
+batches kept; per-dataset h and λ in benchmarks/configs/mopo/.
 
 Example:
     python algorithms/mopo.py --dataset shipped/hopper-medium-replay --num-updates 50000
+
+Logged (tensorboard, in the run directory):
+    losses/critic_loss          squared TD error of the two critics against the soft target, summed over both
+    losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
+    values/q_mean               mean Q(s, a) of both critics on the minibatch (real and model transitions)
+    charts/alpha                SAC's temperature α (before this update's temperature step)
+    charts/entropy              the policy's entropy estimate -E[log π(a|s)]
+    rollout/uncertainty         mean u(s, a) (the chosen --uncertainty) over the last batch of model rollouts
+    rollout/raw_reward          their mean model reward r̂
+    rollout/penalized_reward    their mean penalised reward r̃ = r̂ - λ u
+    rollout/terminal_rate       the fraction of their transitions that terminate
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
 """
 
 import contextlib
@@ -260,8 +275,7 @@ def main():
         clock.tick()
 
         if step % args.log_every == 0:
-            for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
-                writer.add_scalar(key, value.item(), step)
+            log_scalars(writer, logs | rollout_stats, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
@@ -1425,12 +1439,24 @@ class QEnsemble(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
 
+    def frozen(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q with the weights detached: the actor loss needs dQ/da, not the critic's weight gradients
+        (the same numbers as forward; unlike toggling requires_grad, it compiles)."""
+        x = torch.cat([obs, action], -1)
+        for layer in self.net:
+            if isinstance(layer, EnsembleLinear):
+                weight, bias = layer.weight.detach(), layer.bias.detach()
+                x = torch.baddbmm(bias, x.expand(weight.shape[0], *x.shape) if x.dim() == 2 else x, weight)
+            else:
+                x = layer(x)
+        return x.squeeze(-1)
+
 
 class SAC(nn.Module):
     """Soft actor-critic learner (Haarnoja et al., 2018) with clipped double Q and auto-tuned α.
 
     `update` takes one minibatch (obs, actions, rewards, next_obs, terminals) and returns
-    the losses as detached tensors (no device synchronisation).
+    its statistics as detached tensors named by their tensorboard keys (no device synchronisation).
     """
 
     def __init__(
@@ -1476,9 +1502,7 @@ class SAC(nn.Module):
         self.critic_opt.step()
 
         pi_actions, logp = self.actor(obs)  # policy improvement: min α log π - min Q
-        self.critic.requires_grad_(False)  # only dQ/da is needed, not the critic's weight gradients
-        actor_loss = (alpha * logp - self.critic(obs, pi_actions).min(0).values).mean()
-        self.critic.requires_grad_(True)
+        actor_loss = (alpha * logp - self.critic.frozen(obs, pi_actions).min(0).values).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
@@ -1492,11 +1516,11 @@ class SAC(nn.Module):
             for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
                 tp.lerp_(p, self.tau)
         return {
-            "critic_loss": critic_loss.detach(),
-            "actor_loss": actor_loss.detach(),
-            "alpha": alpha,
-            "entropy": -logp.detach().mean(),
-            "q_mean": q.detach().mean(),
+            "losses/critic_loss": critic_loss.detach(),
+            "losses/actor_loss": actor_loss.detach(),
+            "charts/alpha": alpha,
+            "charts/entropy": -logp.detach().mean(),
+            "values/q_mean": q.detach().mean(),
         }
 
 

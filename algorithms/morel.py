@@ -10,7 +10,8 @@ negative reward. Inside the known region the model is trusted as is: no reward p
 Disagreement is the paper's max over member pairs of ||μ_i(s, a) - μ_j(s, a)||
 (`--uncertainty epistemic`) or the largest predicted std norm (`--uncertainty aleatoric`).
 The threshold is the largest disagreement the ensemble shows on the dataset itself divided
-by the pessimism coefficient (the official code's rule; 3.0 for hopper-medium).
+by the pessimism coefficient (the official code's rule: aravindr93/mjrl, projects/morel/run_morel.py;
+3.0 for hopper-medium in projects/morel/configs/d4rl_hopper_medium.txt).
 
 Differences from the paper: the paper optimises the P-MDP with model-based NPG (a 64x64
 policy, behaviour-cloned start, long rollouts on 4 deterministic 2x512 models). Here the
@@ -20,6 +21,19 @@ only the pessimism), on the shared probabilistic ensemble (means for USAD).
 
 Example:
     python algorithms/morel.py --dataset shipped/hopper-medium-replay --num-updates 50000
+
+Logged (tensorboard, in the run directory):
+    losses/critic_loss          squared TD error of the two critics against the soft target, summed over both
+    losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
+    values/q_mean               mean Q(s, a) of both critics on the minibatch (real and model transitions)
+    charts/alpha                SAC's temperature α (before this update's temperature step)
+    charts/entropy              the policy's entropy estimate -E[log π(a|s)]
+    rollout/halt_rate           fraction of the last batch of model-rollout transitions that enter HALT (USAD)
+    rollout/reward              their mean reward (-κ on HALT)
+    rollout/terminal_rate       the fraction of them that end the rollout (termination or HALT)
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
 """
 
 import contextlib
@@ -282,8 +296,7 @@ def main():
         clock.tick()
 
         if step % args.log_every == 0:
-            for key, value in {**{f"losses/{k}": v for k, v in logs.items()}, **rollout_stats}.items():
-                writer.add_scalar(key, value.item(), step)
+            log_scalars(writer, logs | rollout_stats, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
@@ -1447,12 +1460,24 @@ class QEnsemble(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
 
+    def frozen(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q with the weights detached: the actor loss needs dQ/da, not the critic's weight gradients
+        (the same numbers as forward; unlike toggling requires_grad, it compiles)."""
+        x = torch.cat([obs, action], -1)
+        for layer in self.net:
+            if isinstance(layer, EnsembleLinear):
+                weight, bias = layer.weight.detach(), layer.bias.detach()
+                x = torch.baddbmm(bias, x.expand(weight.shape[0], *x.shape) if x.dim() == 2 else x, weight)
+            else:
+                x = layer(x)
+        return x.squeeze(-1)
+
 
 class SAC(nn.Module):
     """Soft actor-critic learner (Haarnoja et al., 2018) with clipped double Q and auto-tuned α.
 
     `update` takes one minibatch (obs, actions, rewards, next_obs, terminals) and returns
-    the losses as detached tensors (no device synchronisation).
+    its statistics as detached tensors named by their tensorboard keys (no device synchronisation).
     """
 
     def __init__(
@@ -1498,9 +1523,7 @@ class SAC(nn.Module):
         self.critic_opt.step()
 
         pi_actions, logp = self.actor(obs)  # policy improvement: min α log π - min Q
-        self.critic.requires_grad_(False)  # only dQ/da is needed, not the critic's weight gradients
-        actor_loss = (alpha * logp - self.critic(obs, pi_actions).min(0).values).mean()
-        self.critic.requires_grad_(True)
+        actor_loss = (alpha * logp - self.critic.frozen(obs, pi_actions).min(0).values).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
@@ -1514,11 +1537,11 @@ class SAC(nn.Module):
             for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
                 tp.lerp_(p, self.tau)
         return {
-            "critic_loss": critic_loss.detach(),
-            "actor_loss": actor_loss.detach(),
-            "alpha": alpha,
-            "entropy": -logp.detach().mean(),
-            "q_mean": q.detach().mean(),
+            "losses/critic_loss": critic_loss.detach(),
+            "losses/actor_loss": actor_loss.detach(),
+            "charts/alpha": alpha,
+            "charts/entropy": -logp.detach().mean(),
+            "values/q_mean": q.detach().mean(),
         }
 
 

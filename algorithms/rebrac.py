@@ -14,6 +14,15 @@ are sums over action dimensions; Q is the minimum of the two critics in both los
 
 Example:
     python algorithms/rebrac.py --dataset shipped/hopper-medium-replay --num-updates 20000
+
+Logged (tensorboard, in the run directory):
+    losses/critic_loss          squared TD error of the two critics against the penalised target, summed over both
+    values/q_mean               mean Q(s, a) of both critics on the minibatch's (s, a)
+    losses/actor_loss           the actor's loss β₁ |π(s) - a|² - λ min_j Q_j(s, π(s)) (from its last delayed update)
+    losses/bc_loss              its behaviour-cloning term |π(s) - a|² (before the weight β₁)
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   updates per second of training time (evaluation excluded)
 """
 
 import contextlib
@@ -67,7 +76,8 @@ class Args:
     critic_bc_coef: float = 0.01
     """β₂, weight of the target's penalty |a' - a'_D|² (per dataset; 0.01 is halfcheetah-medium's)"""
     actor_layer_norm: bool = False
-    """LayerNorm after the actor's hidden layers (off on the Gym-MuJoCo datasets in the authors' configs)"""
+    """LayerNorm after the actor's hidden layers (off on the Gym-MuJoCo datasets in the authors' configs,
+    tinkoff-ai/ReBRAC configs/rebrac/)"""
     critic_layer_norm: bool = True
     """LayerNorm after the critics' hidden layers"""
     gamma: float = 0.99
@@ -81,7 +91,8 @@ class Args:
     policy_freq: int = 2
     """critic updates per actor and target update (TD3's d)"""
     normalize_observations: bool = False
-    """standardise observations with the dataset's statistics (off in the authors' Gym-MuJoCo configs)"""
+    """standardise observations with the dataset's statistics (off in the authors' Gym-MuJoCo configs,
+    tinkoff-ai/ReBRAC configs/rebrac/)"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -119,8 +130,8 @@ class EnsembleLayerNorm(nn.Module):
 
 
 class Actor(nn.Module):
-    """Deterministic policy: 3x256 MLP, tanh output rescaled to the action box; EDAC's initialisation, as the "
-    "authors'."""
+    """Deterministic policy: 3x256 MLP, tanh output rescaled to the action box; EDAC's initialisation, as in the
+    authors' code (tinkoff-ai/ReBRAC, src/networks.py)."""
 
     def __init__(
         self,
@@ -217,8 +228,8 @@ def critic_loss_fn(
     policy_noise: float,
     noise_clip: float,
 ):
-    """Clipped double Q-learning with target policy smoothing (TD3) and the critic's BC penalty, summed over both "
-    "critics."""
+    """Clipped double Q-learning with target policy smoothing (TD3) and the critic's BC penalty, summed over both
+    critics."""
     obs, actions, rewards, next_obs, terminals, dataset_next_actions, has_next = batch
     with torch.no_grad():
         scale = actor_target.action_scale
@@ -291,8 +302,9 @@ def main():
         critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         critic_opt.step()
+        logs = {"losses/critic_loss": critic_loss.detach(), "values/q_mean": q.mean()}
         if not update_actor:
-            return critic_loss.detach(), q.mean(), None, None
+            return logs
         actor_loss, bc = actor_loss_fn(actor, critic, batch[0], batch[1], args.actor_bc_coef)
         actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
@@ -301,7 +313,7 @@ def main():
             for net, target in ((actor, actor_target), (critic, critic_target)):
                 for p, tp in zip(net.parameters(), target.parameters()):
                     tp.lerp_(p, args.tau)
-        return critic_loss.detach(), q.mean(), actor_loss.detach(), bc
+        return logs | {"losses/actor_loss": actor_loss.detach(), "losses/bc_loss": bc}
 
     if args.compile:
         update = torch.compile(update)
@@ -329,17 +341,14 @@ def main():
 
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
     clock = TrainClock(clock_state)
+    logs = {}
     for step in bar:
-        logs = update(sample(data, next_actions, has_next, args.batch_size), update_actor=step % args.policy_freq == 0)
+        # merged: the critic's entries are this step's, the actor's those of its last (delayed) update
+        logs |= update(sample(data, next_actions, has_next, args.batch_size), update_actor=step % args.policy_freq == 0)
         clock.tick()
 
         if step % args.log_every == 0:
-            critic_loss, q_mean, actor_loss, bc = logs
-            writer.add_scalar("losses/critic_loss", critic_loss.item(), step)
-            writer.add_scalar("losses/q_mean", q_mean.item(), step)
-            if actor_loss is not None:
-                writer.add_scalar("losses/actor_loss", actor_loss.item(), step)
-                writer.add_scalar("losses/bc_loss", bc.item(), step)
+            log_scalars(writer, logs, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)

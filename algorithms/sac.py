@@ -17,6 +17,15 @@ medium-replay, ...). It is the online baseline of the model-based scripts too.
 
 Example:
     python algorithms/sac.py --env-id Hopper-v4 --total-timesteps 300000
+
+Logged (tensorboard, in the run directory; the losses every 1000 updates):
+    losses/critic_loss          squared error of the two Q-functions against the soft target, summed over both
+    losses/actor_loss           the actor's loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
+    charts/alpha                the temperature α (before this update's temperature step)
+    charts/entropy              the policy's entropy estimate -E[log π(a|s)]
+    charts/updates_per_second   updates per second, timing the updates alone
+    charts/episodic_return      return of each finished training episode (at the environment step it ends)
+    eval/return                 mean return of the deterministic evaluation episodes
 """
 
 import contextlib
@@ -255,7 +264,12 @@ def main():
         with torch.no_grad():
             for p, tp in zip(critic.parameters(), critic_target.parameters()):
                 tp.lerp_(p, args.tau)
-        return critic_loss.detach(), actor_loss.detach(), alpha, -logp.detach().mean()
+        return {
+            "losses/critic_loss": critic_loss.detach(),
+            "losses/actor_loss": actor_loss.detach(),
+            "charts/alpha": alpha,
+            "charts/entropy": -logp.detach().mean(),
+        }
 
     if args.compile:
         update = torch.compile(update)
@@ -293,12 +307,7 @@ def main():
             if num_updates > 1:  # the first update holds torch.compile's warm-up: not training speed
                 update_time += time.perf_counter() - t0
             if num_updates % 1000 == 0:
-                critic_loss, actor_loss, alpha, entropy = (x.item() for x in logs)
-                writer.add_scalar("losses/critic_loss", critic_loss, step)
-                writer.add_scalar("losses/actor_loss", actor_loss, step)
-                writer.add_scalar("losses/alpha", alpha, step)
-                writer.add_scalar("charts/entropy", entropy, step)
-                writer.add_scalar("charts/updates_per_second", (num_updates - 1) / update_time, step)
+                log_scalars(writer, logs | {"charts/updates_per_second": (num_updates - 1) / update_time}, step)
 
         if step % args.eval_every == 0 or step == args.total_timesteps:
             returns = evaluate(

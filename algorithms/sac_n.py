@@ -13,6 +13,17 @@ are not normalised and there is no behaviour-cloning term, as in the paper.
 
 Example:
     python algorithms/sac_n.py --dataset shipped/hopper-medium-replay --num-updates 50000
+
+Logged (tensorboard, in the run directory):
+    losses/critic_loss          squared TD error of the N critics against the shared soft target, summed over members
+    values/q_mean               mean Q(s, a) of the N critics on the minibatch's (s, a)
+    losses/actor_loss           the actor's loss E[α log π(a|s) - min_j Q_j(s, a)], a ~ π(s)
+    charts/alpha                SAC's temperature α (after this step's update)
+    charts/entropy              the policy's entropy estimate -E[log π(a|s)]
+    values/q_std_policy         std of Q(s, a) over the N critics at the policy's actions, averaged over the batch
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   updates per second of training time (evaluation excluded)
 """
 
 import contextlib
@@ -96,7 +107,8 @@ class Args:
 
 
 class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy rescaled to the action box; 3x256 trunk initialised as in EDAC's code."""
+    """Tanh-squashed Gaussian policy rescaled to the action box; 3x256 trunk initialised as in EDAC's code
+    (snu-mllab/EDAC, lifelong_rl/policies/models/tanh_gaussian_policy.py)."""
 
     LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -138,7 +150,8 @@ class Actor(nn.Module):
 
 
 class EnsembleCritic(nn.Module):
-    """N Q-functions as one batched ensemble: Q(s, a) has shape [N, batch]. 3x256, EDAC's initialisation."""
+    """N Q-functions as one batched ensemble: Q(s, a) has shape [N, batch]. 3x256, initialised as in EDAC's code
+    (snu-mllab/EDAC, lifelong_rl/models/networks.py)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int):
         super().__init__()
@@ -233,8 +246,9 @@ def main():
     alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr, fused=True)
 
     def update(batch):
-        # actor and temperature first, then the critics, the order of the paper's code; one policy
-        # sample serves both losses, whose gradients are disjoint, so one backward pass does
+        # actor and temperature first, then the critics, the order of the paper's code (snu-mllab/EDAC,
+        # lifelong_rl/trainers/q_learning/sac.py); one policy sample serves both losses, whose gradients are
+        # disjoint, so one backward pass does
         actor_loss, logp, q_pi = actor_loss_fn(actor, critic, batch[0], log_alpha.exp().detach())
         alpha_loss = alpha_loss_fn(log_alpha, logp, target_entropy)
         actor_opt.zero_grad(set_to_none=True)
@@ -251,7 +265,14 @@ def main():
         with torch.no_grad():  # Polyak averaging of the target critics
             for p, tp in zip(critic.parameters(), critic_target.parameters()):
                 tp.lerp_(p, args.tau)
-        return critic_loss.detach(), q.mean(), actor_loss.detach(), alpha, -logp.mean(), q_pi.std(0).mean()
+        return {
+            "losses/critic_loss": critic_loss.detach(),
+            "values/q_mean": q.mean(),
+            "losses/actor_loss": actor_loss.detach(),
+            "charts/alpha": alpha,
+            "charts/entropy": -logp.mean(),
+            "values/q_std_policy": q_pi.std(0).mean(),
+        }
 
     if args.compile:
         update = torch.compile(update)
@@ -286,8 +307,7 @@ def main():
         clock.tick()
 
         if step % args.log_every == 0:
-            for name, value in zip(("critic_loss", "q_mean", "actor_loss", "alpha", "entropy", "q_std_policy"), logs):
-                writer.add_scalar(f"losses/{name}", value.item(), step)
+            log_scalars(writer, logs, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)

@@ -11,6 +11,15 @@ policy smoothing, delayed actor and target updates.
 
 Example:
     python algorithms/td3_bc.py --dataset shipped/hopper-medium-replay --num-updates 20000
+
+Logged (tensorboard, in the run directory):
+    losses/critic_loss          squared TD error of the two critics, summed over both
+    values/q_mean               mean Q(s, a) of both critics on the minibatch's (s, a)
+    losses/actor_loss           the actor's loss -λ Q1(s, π(s)) + (π(s) - a)² (from its last delayed update)
+    losses/bc_loss              its behaviour-cloning term (π(s) - a)²
+    eval/return                 mean return of the evaluation episodes
+    eval/normalized_score       their mean D4RL normalised score
+    charts/updates_per_second   updates per second of training time (evaluation excluded)
 """
 
 import contextlib
@@ -201,8 +210,9 @@ def main():
         critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         critic_opt.step()
+        logs = {"losses/critic_loss": critic_loss.detach(), "values/q_mean": q.mean()}
         if not update_actor:
-            return critic_loss.detach(), q.mean(), None, None
+            return logs
         actor_loss, bc = actor_loss_fn(actor, critic, batch[0], batch[1], args.alpha)
         actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
@@ -211,7 +221,7 @@ def main():
             for net, target in ((actor, actor_target), (critic, critic_target)):
                 for p, tp in zip(net.parameters(), target.parameters()):
                     tp.lerp_(p, args.tau)
-        return critic_loss.detach(), q.mean(), actor_loss.detach(), bc
+        return logs | {"losses/actor_loss": actor_loss.detach(), "losses/bc_loss": bc}
 
     if args.compile:
         update = torch.compile(update)
@@ -239,17 +249,14 @@ def main():
 
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
     clock = TrainClock(clock_state)
+    logs = {}
     for step in bar:
-        logs = update(data.sample(args.batch_size), update_actor=step % args.policy_freq == 0)
+        # merged: the critic's entries are this step's, the actor's those of its last (delayed) update
+        logs |= update(data.sample(args.batch_size), update_actor=step % args.policy_freq == 0)
         clock.tick()
 
         if step % args.log_every == 0:
-            critic_loss, q_mean, actor_loss, bc = logs
-            writer.add_scalar("losses/critic_loss", critic_loss.item(), step)
-            writer.add_scalar("losses/q_mean", q_mean.item(), step)
-            if actor_loss is not None:
-                writer.add_scalar("losses/actor_loss", actor_loss.item(), step)
-                writer.add_scalar("losses/bc_loss", bc.item(), step)
+            log_scalars(writer, logs, step)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
