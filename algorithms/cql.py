@@ -124,6 +124,11 @@ class Args:
     """YAML file whose keys override these defaults (the command line still wins)"""
 
 
+# Ranges of this method's own settings, checked with the general rules of the config block
+# (counts >= 1, learning rates > 0, γ in (0, 1], fractions in [0, 1]) before anything runs.
+LIMITS = {"cql_alpha": "[0, inf)", "cql_temperature": "(0, inf)"}
+
+
 def mlp(in_dim: int, hidden_dim: int, layers: int) -> list[nn.Module]:
     """`layers` hidden Linear + ReLU layers of width `hidden_dim`."""
     dims = [in_dim] + [hidden_dim] * layers
@@ -245,7 +250,7 @@ def lagrange_losses(
 
 
 def main():
-    args = parse_args(Args)
+    args = parse_args(Args, LIMITS)
     set_seed(args.seed)
     device = pick_device(args.device, args.threads)
     try:
@@ -443,11 +448,15 @@ def parse_args(args_cls, limits: Optional[dict] = None):
             unknown = sorted(set(overrides) - set(hints))
             if unknown:
                 raise ValueError(f"unknown field(s) {', '.join(unknown)}")
-            for key, value in overrides.items():
-                if not value_fits(value, hints[key]):
-                    raise ValueError(f"{key}: {value!r} is not a {type_name(hints[key])}")
+            wrong = [k for k, v in overrides.items() if not value_fits(v, hints[k])]
+            if wrong:
+                k = wrong[0]
+                sys.exit(
+                    f"error: {path}: {k}: {overrides[k]!r} is not of the field's type ({type_name(hints[k])}); "
+                    "write it as such (true/false for a bool, a whole number for an int, no quotes)"
+                )
             defaults = pyrallis.decode(args_cls, {**pyrallis.encode(defaults), **overrides})
-        except Exception as e:  # unknown keys, wrong types, broken YAML
+        except Exception as e:  # unknown keys, values pyrallis cannot decode, broken YAML
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
         if flag == "--resume":
@@ -492,7 +501,7 @@ def value_fits(value, hint) -> bool:
 
 
 def type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def check_args(args, hints: dict, limits: dict) -> Optional[str]:

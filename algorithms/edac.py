@@ -113,6 +113,11 @@ class Args:
     """YAML file whose keys override these defaults (the command line still wins)"""
 
 
+# Ranges of this method's own settings, checked with the general rules of the config block
+# (counts >= 1, learning rates > 0, γ in (0, 1], fractions in [0, 1]) before anything runs.
+LIMITS = {"eta": "[0, inf)"}
+
+
 class Actor(nn.Module):
     """Tanh-squashed Gaussian policy rescaled to the action box; 3x256 trunk initialised as in EDAC's code
     (snu-mllab/EDAC, lifelong_rl/policies/models/tanh_gaussian_policy.py)."""
@@ -248,7 +253,7 @@ def alpha_loss_fn(log_alpha, logp, target_entropy: float):
 
 
 def main():
-    args = parse_args(Args)
+    args = parse_args(Args, LIMITS)
     if args.num_critics < 2:
         sys.exit(
             f"error: --num-critics {args.num_critics}: the ensemble needs at least 2 Q-functions (2 is SAC's clipped "
@@ -409,11 +414,15 @@ def parse_args(args_cls, limits: Optional[dict] = None):
             unknown = sorted(set(overrides) - set(hints))
             if unknown:
                 raise ValueError(f"unknown field(s) {', '.join(unknown)}")
-            for key, value in overrides.items():
-                if not value_fits(value, hints[key]):
-                    raise ValueError(f"{key}: {value!r} is not a {type_name(hints[key])}")
+            wrong = [k for k, v in overrides.items() if not value_fits(v, hints[k])]
+            if wrong:
+                k = wrong[0]
+                sys.exit(
+                    f"error: {path}: {k}: {overrides[k]!r} is not of the field's type ({type_name(hints[k])}); "
+                    "write it as such (true/false for a bool, a whole number for an int, no quotes)"
+                )
             defaults = pyrallis.decode(args_cls, {**pyrallis.encode(defaults), **overrides})
-        except Exception as e:  # unknown keys, wrong types, broken YAML
+        except Exception as e:  # unknown keys, values pyrallis cannot decode, broken YAML
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
         if flag == "--resume":
@@ -458,7 +467,7 @@ def value_fits(value, hint) -> bool:
 
 
 def type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def check_args(args, hints: dict, limits: dict) -> Optional[str]:

@@ -163,6 +163,11 @@ class Args:
     """YAML file whose keys override these defaults (the command line still wins)"""
 
 
+# This method's settings have only the general ranges of the config block
+# (counts >= 1, learning rates > 0, γ in (0, 1], fractions in [0, 1]), checked before anything runs.
+LIMITS = {}
+
+
 @torch.no_grad()
 def rollout(
     model: "EnsembleDynamics", actor: "TanhGaussianActor", start_obs: torch.Tensor, horizon: int, done_fn: Callable
@@ -325,7 +330,7 @@ def run_online(args: Args, device: torch.device) -> None:
 
 
 def main():
-    args = parse_args(Args)
+    args = parse_args(Args, LIMITS)
     set_seed(args.seed)
     device = pick_device(args.device, args.threads)
     if args.env_id is not None:
@@ -453,11 +458,15 @@ def parse_args(args_cls, limits: Optional[dict] = None):
             unknown = sorted(set(overrides) - set(hints))
             if unknown:
                 raise ValueError(f"unknown field(s) {', '.join(unknown)}")
-            for key, value in overrides.items():
-                if not value_fits(value, hints[key]):
-                    raise ValueError(f"{key}: {value!r} is not a {type_name(hints[key])}")
+            wrong = [k for k, v in overrides.items() if not value_fits(v, hints[k])]
+            if wrong:
+                k = wrong[0]
+                sys.exit(
+                    f"error: {path}: {k}: {overrides[k]!r} is not of the field's type ({type_name(hints[k])}); "
+                    "write it as such (true/false for a bool, a whole number for an int, no quotes)"
+                )
             defaults = pyrallis.decode(args_cls, {**pyrallis.encode(defaults), **overrides})
-        except Exception as e:  # unknown keys, wrong types, broken YAML
+        except Exception as e:  # unknown keys, values pyrallis cannot decode, broken YAML
             reason = " ".join(str(e).split())
             sys.exit(f"error: {path}: {reason}; its keys must be fields listed by --help (with _ not -)")
         if flag == "--resume":
@@ -502,7 +511,7 @@ def value_fits(value, hint) -> bool:
 
 
 def type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def check_args(args, hints: dict, limits: dict) -> Optional[str]:
@@ -1339,6 +1348,8 @@ def train_dynamics(
 def dynamics_settings(args) -> dict:
     """The settings a trained ensemble depends on (with the data and the seed, its cache key): the
     Args fields named dynamics_*, less the two that say where it is stored."""
+    if args.dynamics_elites > args.dynamics_members:
+        sys.exit(f"error: --dynamics-elites {args.dynamics_elites} exceeds --dynamics-members {args.dynamics_members}")
     return {
         k[len("dynamics_") :]: v
         for k, v in asdict(args).items()
