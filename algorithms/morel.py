@@ -115,8 +115,8 @@ class Args:
     """USAD threshold = (largest disagreement on the dataset) / pessimism; larger is more pessimistic"""
     uncertainty: str = "epistemic"
     """disagreement: "epistemic" (max pairwise distance of member means, the paper) or "aleatoric" (max std norm)"""
-    halt_reward: Optional[float] = None
-    """reward of entering HALT (-κ in the paper); None: minus the largest |reward| in the dataset"""
+    halt_penalty: float = 0.0
+    """κ: HALT is absorbing with reward (lowest reward in the data - κ) every step, never better than a known state"""
     # SAC
     batch_size: int = 256
     """SAC minibatch size"""
@@ -134,6 +134,16 @@ class Args:
     """target smoothing coefficient τ"""
     target_entropy: Optional[float] = None
     """entropy target of α tuning (None: -|A|)"""
+    alpha_max: Optional[float] = 1.0
+    """cap on α (OfflineRL-Kit clamps it at 1, which its tuned settings rely on; None: no cap)"""
+    cosine_actor_lr: bool = True
+    """decay the actor's learning rate to 0 on a cosine over num_updates (OfflineRL-Kit; the paper: constant)"""
+    critic_members: int = 2
+    """Q-functions of the critic; the target takes the minimum over all of them (2: SAC's clipped double Q)"""
+    critic_layer_norm: bool = False
+    """LayerNorm after each hidden layer of the critics: the remedy for critic divergence (see the docstring)"""
+    stop_on_divergence: bool = True
+    """stop the run, saying why, when the critic's mean Q leaves the range any policy can reach (SAC.check_values)"""
     eval_every: int = 10_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -160,18 +170,20 @@ class Args:
 
 # Ranges of this method's own settings, checked with the general rules of the config block
 # (counts >= 1, learning rates > 0, γ in (0, 1], fractions in [0, 1]) before anything runs.
-LIMITS = {"pessimism": "(0, inf)"}
+LIMITS = {"pessimism": "(0, inf)", "halt_penalty": "[0, inf)"}
 
 
 def disagreement_of(mean: torch.Tensor, std: torch.Tensor, kind: str) -> torch.Tensor:
-    """USAD's statistic from the members' predicted means and stds ([members, batch, dims]).
+    """USAD's statistic from the members' predictions of [Δobs, reward] ([members, batch, dims]), on the
+    next-state dimensions only, as the authors' models predict s' alone (the reward is a known function
+    there; with it, a task's large rewards would dominate the disagreement).
 
     epistemic: the paper's max over member pairs of ||μ_i(s, a) - μ_j(s, a)||;
     aleatoric: the largest norm of a member's predicted std.
     """
     if kind == "aleatoric":
-        return std.norm(dim=-1).amax(0)
-    members_first = mean.transpose(0, 1)  # [batch, members, dims]
+        return std[..., :-1].norm(dim=-1).amax(0)
+    members_first = mean[..., :-1].transpose(0, 1)  # [batch, members, obs_dim]
     return torch.cdist(members_first, members_first).amax((1, 2))
 
 
@@ -189,10 +201,21 @@ def usad_threshold(
     return largest / pessimism
 
 
-def halt(reward: torch.Tensor, done: torch.Tensor, disagreement: torch.Tensor, threshold: float, halt_reward: float):
-    """The P-MDP (Eq. 2): an unknown (s, a) leads to HALT, an absorbing state with reward -κ."""
+def halt_value(reward_min: float, halt_penalty: float, gamma: float) -> float:
+    """The value of HALT: absorbing, with reward (r_min - κ) every step, so (r_min - κ) / (1 - γ).
+
+    The paper's HALT pays -κ every step; with rewards that can be negative (Pendulum's are all <= 0)
+    a fixed -κ may be better than staying in known states. Anchored at the data's lowest reward, it
+    never is, whatever the rewards' sign (κ = 0: as bad as the worst reward forever).
+    """
+    return (reward_min - halt_penalty) / (1.0 - gamma)
+
+
+def halt(reward: torch.Tensor, done: torch.Tensor, disagreement: torch.Tensor, threshold: float, halt_q: float):
+    """The P-MDP (Eq. 2): an unknown (s, a) leads to HALT. The step ends the imagined episode with the
+    whole value of HALT as its reward, so that Q(s, a) = halt_q, the same as bootstrapping from HALT."""
     unknown = disagreement > threshold
-    return torch.where(unknown, torch.full_like(reward, halt_reward), reward), done | unknown, unknown
+    return torch.where(unknown, torch.full_like(reward, halt_q), reward), done | unknown, unknown
 
 
 @torch.no_grad()
@@ -203,7 +226,7 @@ def rollout(
     horizon: int,
     done_fn: Callable,
     threshold: float,
-    halt_reward: float,
+    halt_q: float,
     uncertainty: str,
 ) -> tuple[tuple[torch.Tensor, ...], dict]:
     """h-step rollouts of the current policy in the P-MDP; a rollout stops at termination or HALT."""
@@ -212,7 +235,7 @@ def rollout(
         actions, _ = actor(obs)
         next_obs, reward, mean, std = model.step(obs, actions)
         disagreement = disagreement_of(mean, std, uncertainty)
-        reward, done, unknown = halt(reward, done_fn(next_obs), disagreement, threshold, halt_reward)
+        reward, done, unknown = halt(reward, done_fn(next_obs), disagreement, threshold, halt_q)
         steps.append((obs, actions, reward, next_obs, done.float(), unknown.float()))
         obs = next_obs[~done]
         if len(obs) == 0:
@@ -248,8 +271,8 @@ def main():
     done_fn, done_source = termination_fn(data)
     print(f"termination: {done_source}")
     threshold = usad_threshold(model, data, args.uncertainty, args.pessimism)
-    halt_reward = -data.rewards.abs().max().item() if args.halt_reward is None else args.halt_reward
-    print(f"USAD: {args.uncertainty} disagreement threshold {threshold:.4f}, HALT reward {halt_reward:.3f}")
+    halt_q = halt_value(data.rewards.min().item(), args.halt_penalty, args.gamma)
+    print(f"USAD: {args.uncertainty} disagreement threshold {threshold:.4f}, value of HALT {halt_q:.1f}")
 
     probe = data.make_env()
     agent = SAC(
@@ -264,6 +287,10 @@ def main():
         args.gamma,
         args.tau,
         args.target_entropy,
+        alpha_max=args.alpha_max,
+        critic_members=args.critic_members,
+        critic_layer_norm=args.critic_layer_norm,
+        cosine_actor_steps=args.num_updates if args.cosine_actor_lr else 0,
     ).to(device)
     probe.close()
     model_buffer = ReplayBuffer(
@@ -287,21 +314,29 @@ def main():
         history, clock_state = extra["history"], extra["clock"]
     writer = make_writer(args, run_dir, step)
 
+    reward_range = (
+        data.rewards.min().item() - args.halt_penalty,
+        data.rewards.max().item(),
+    )  # HALT's per-step reward is the lowest
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
     clock, rollout_stats = TrainClock(clock_state), {}  # a run resumed between rollouts logs none until the next
     for step in bar:
         if (step - 1) % args.rollout_every == 0:
             start = data.observations[torch.randint(0, len(data.rewards), (args.rollout_batch_size,), device=device)]
             batch, rollout_stats = rollout(
-                model, agent.actor, start, args.rollout_length, done_fn, threshold, halt_reward, args.uncertainty
+                model, agent.actor, start, args.rollout_length, done_fn, threshold, halt_q, args.uncertainty
             )
             model_buffer.add(*batch)
         real, imagined = data.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
         logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
+        agent.actor_schedule.step()
         clock.tick()
 
         if step % args.log_every == 0:
-            log_scalars(writer, logs | rollout_stats, step)
+            values, problem = agent.check_values({"real": real[:2], "model": imagined[:2]}, *reward_range)
+            log_scalars(writer, logs | rollout_stats | values, step)
+            if problem and args.stop_on_divergence:
+                stop_run(run_dir, writer, problem)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
@@ -691,6 +726,9 @@ class OfflineData:
     make_env: Callable[[], gym.Env]  # a fresh evaluation environment
     ref_min_score: Optional[float]  # reference returns of the normalised score (0 and 100); None: raw returns
     ref_max_score: Optional[float]
+    # [N] False where next_observations is a stand-in (a terminal step of a file without next_observations):
+    # harmless for a target that does not bootstrap there, but no observation a dynamics model may learn from
+    next_observed: Optional[torch.Tensor] = None
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
@@ -712,7 +750,8 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
     same episode*: the last step of an episode cut by a timeout (or by the end of the
     data) has no successor and is dropped, unlike D4RL's own loader, which pairs it
     with the first observation of the next episode (D4RL issue #145). A terminal step
-    is kept (its target does not bootstrap) with its own observation as a stand-in.
+    is kept (its target does not bootstrap) with its own observation as a stand-in,
+    marked in `next_observed` so that a dynamics model leaves it out.
     """
     for key in ("observations", "actions", "rewards", "terminals"):
         if key not in arrays:
@@ -753,6 +792,7 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
     episode_returns = np.bincount(episode_id, weights=rewards.astype(np.float64))
     if not (terminals[-1] or timeouts[-1]) and len(episode_returns) > 1:
         episode_returns = episode_returns[:-1]  # an unfinished last episode says little about the behaviour
+    next_observed = np.ones(n, dtype=bool)  # False where next_observations is a stand-in, not an observation
     if "next_observations" in arrays:
         keep = np.ones(n, dtype=bool)
         next_obs = arrays["next_observations"].astype(np.float32).reshape(n, -1)
@@ -763,7 +803,8 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
     else:
         keep = ~ends | terminals  # a cut step has no successor in its own episode
         next_obs = np.concatenate([obs[1:], obs[-1:]])
-        next_obs[terminals] = obs[terminals]
+        next_obs[terminals] = obs[terminals]  # the MDP ended: the target does not bootstrap from it
+        next_observed = ~terminals
     if not keep.any():
         raise DatasetError(
             f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no "
@@ -775,6 +816,7 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
         rewards=rewards[keep],
         next_observations=next_obs[keep],
         terminals=terminals[keep].astype(np.float32),
+        next_observed=next_observed[keep],
         episode_returns=episode_returns,
     )
 
@@ -1023,6 +1065,19 @@ def record_evaluation(
     return f"{history[-1]['normalized_score' if scored else 'return']:.1f}"
 
 
+def stop_run(run_dir: str, writer: SummaryWriter, reason: str) -> None:
+    """End a run that cannot go on (a diverged critic): results.json says why under "stopped", the
+    last checkpoint stays as it is, and the run ends with one line and exit code 1."""
+    path = os.path.join(run_dir, "results.json")
+    results = {"algo": SCRIPT_NAME, "evaluations": []}
+    if os.path.isfile(path):
+        with open(path) as f:
+            results = json.load(f)
+    write_results(run_dir, {**results, "stopped": reason})
+    writer.close()
+    sys.exit(f"stopped: {reason}; results.json says so and the last checkpoint is kept ({run_dir})")
+
+
 def final_summary(run_dir: str) -> str:
     """The line a finished run prints: last and best score beside the behaviour data's."""
     with open(os.path.join(run_dir, "results.json")) as f:
@@ -1187,8 +1242,9 @@ def train_dynamics(
     when no member improved for `patience` epochs (or after `max_epochs` > 0). Every member
     is restored to its best snapshot and the `elites` with the lowest holdout MSE are chosen.
     """
-    inputs_obs, inputs_act = data.observations, data.actions
-    targets = torch.cat([data.next_observations - data.observations, data.rewards[:, None]], -1)
+    observed = data.next_observed if data.next_observed is not None else torch.ones_like(data.rewards, dtype=torch.bool)
+    inputs_obs, inputs_act = data.observations[observed], data.actions[observed]  # no stand-in next observations
+    targets = torch.cat([data.next_observations[observed] - inputs_obs, data.rewards[observed, None]], -1)
     n, device, E = len(targets), targets.device, model.members
     perm = torch.randperm(n, device=device)
     n_hold = min(holdout_size, n // 5)
@@ -1390,22 +1446,25 @@ TERMINATION_FNS = {"Hopper": hopper_done, "Walker2d": walker2d_done, "HalfCheeta
 def learned_termination(
     data: OfflineData, steps: int = 2000, batch_size: int = 256
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A classifier of the dataset's terminals on next observations, for tasks without a known rule."""
+    """A classifier of the dataset's terminals on next observations, for tasks without a known rule.
+
+    Plain (unweighted) cross-entropy, so that its output is the probability of termination, and a
+    rollout ends where that is above one half. A class-balancing weight would instead move the
+    boundary until about half of all states end an episode.
+    """
     obs_dim, device = data.next_observations.shape[1], data.rewards.device
     net = nn.Sequential(nn.Linear(obs_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
     mean, std = data.next_observations.mean(0), data.next_observations.std(0) + 1e-6
-    positive = data.terminals.mean().clamp(min=1e-6)
-    pos_weight = (1 - positive) / positive  # terminals are rare: balance the two classes
     for _ in range(steps):
         idx = torch.randint(0, len(data.rewards), (batch_size,), device=device)
         logits = net((data.next_observations[idx] - mean) / std).squeeze(-1)
-        loss = F.binary_cross_entropy_with_logits(logits, data.terminals[idx], pos_weight=pos_weight)
+        loss = F.binary_cross_entropy_with_logits(logits, data.terminals[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     net.requires_grad_(False)
-    return lambda next_obs: net((next_obs - mean) / std).squeeze(-1) > 0
+    return lambda next_obs: net((next_obs - mean) / std).squeeze(-1) > 0  # P(terminal) > 1/2
 
 
 def termination_fn(data: OfflineData) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
@@ -1458,12 +1517,15 @@ class TanhGaussianActor(nn.Module):
 class QEnsemble(nn.Module):
     """`members` Q-functions as one batched network: Q(s, a) has shape [members, batch]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int = 2):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int = 2, layer_norm: bool = False):
         super().__init__()
+        norm = (lambda: nn.LayerNorm(hidden_dim, elementwise_affine=False)) if layer_norm else nn.Identity
         self.net = nn.Sequential(
             EnsembleLinear(obs_dim + act_dim, hidden_dim, members),
+            norm(),
             nn.ReLU(),
             EnsembleLinear(hidden_dim, hidden_dim, members),
+            norm(),
             nn.ReLU(),
             EnsembleLinear(hidden_dim, 1, members),
         )
@@ -1489,6 +1551,11 @@ class SAC(nn.Module):
 
     `update` takes one minibatch (obs, actions, rewards, next_obs, terminals) and returns
     its statistics as detached tensors named by their tensorboard keys (no device synchronisation).
+    Options: the critics' number (`critic_members`, the target takes the minimum over all) and
+    LayerNorm after each hidden layer (`critic_layer_norm`, which bounds how far Q can extrapolate,
+    Ball et al., ICML 2023), α capped at `alpha_max` (OfflineRL-Kit caps it at 1), and the actor's
+    learning rate decayed to 0 on a cosine over `cosine_actor_steps` updates (OfflineRL-Kit; step
+    `actor_schedule` once per update).
     """
 
     def __init__(
@@ -1506,23 +1573,37 @@ class SAC(nn.Module):
         target_entropy: Optional[float] = None,
         autotune: bool = True,
         alpha: float = 0.2,
+        alpha_max: Optional[float] = None,
+        critic_members: int = 2,
+        critic_layer_norm: bool = False,
+        cosine_actor_steps: int = 0,
     ):
         super().__init__()
         self.actor = TanhGaussianActor(obs_dim, act_dim, hidden_dim, action_low, action_high)
-        self.critic = QEnsemble(obs_dim, act_dim, hidden_dim)
+        self.critic = QEnsemble(obs_dim, act_dim, hidden_dim, critic_members, critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(0.0 if autotune else float(np.log(alpha))), requires_grad=autotune)
         self.gamma, self.tau, self.autotune = gamma, tau, autotune
+        self.alpha_max = float("inf") if alpha_max is None else alpha_max
         self.target_entropy = -float(act_dim) if target_entropy is None else target_entropy
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, fused=True)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, fused=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=alpha_lr, fused=True)
+        steps = max(cosine_actor_steps, 1)
+        cosine = lambda t: 0.5 * (1 + np.cos(np.pi * min(t, steps) / steps)) if cosine_actor_steps else 1.0
+        self.actor_schedule = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, cosine)
 
     def optimizers(self) -> dict:
-        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+        """What a checkpoint holds besides the networks."""
+        return {
+            "actor_opt": self.actor_opt,
+            "critic_opt": self.critic_opt,
+            "alpha_opt": self.alpha_opt,
+            "actor_schedule": self.actor_schedule,
+        }
 
     def update(self, obs, actions, rewards, next_obs, terminals) -> dict:
-        alpha = self.log_alpha.exp().detach()
+        alpha = self.log_alpha.exp().detach().clamp(max=self.alpha_max)
         with torch.no_grad():  # soft Bellman target from the minimum of the two target critics
             next_actions, next_logp = self.actor(next_obs)
             next_q = self.critic_target(next_obs, next_actions).min(0).values - alpha * next_logp
@@ -1554,6 +1635,44 @@ class SAC(nn.Module):
             "charts/entropy": -logp.detach().mean(),
             "values/q_mean": q.detach().mean(),
         }
+
+    @torch.no_grad()
+    def q_range(self, reward_low: float, reward_high: float) -> tuple[float, float]:
+        """The soft Q-values any policy can have when every reward lies in [reward_low, reward_high].
+
+        Q = E Σ γ^t (r_t + γ α H(π(·|s_t+1))). The entropy of a policy on the action box is at most its
+        log-volume (the uniform policy), and that of this actor at least the narrowest Gaussian's,
+        Σ (log σ_min + ½ log 2πe + log scale), unless its mean saturates the tanh (the slack of
+        check_values covers that).
+        """
+        alpha = min(self.log_alpha.exp().item(), self.alpha_max)
+        scale = self.actor.action_scale
+        h_max = torch.log(2 * scale).sum().item()
+        h_min = (self.actor.LOG_STD_MIN + 0.5 * np.log(2 * np.pi * np.e) + torch.log(scale)).sum().item()
+        g = self.gamma
+        return (reward_low + g * alpha * min(h_min, 0.0)) / (1 - g), (reward_high + g * alpha * max(h_max, 0.0)) / (
+            1 - g
+        )
+
+    @torch.no_grad()
+    def check_values(self, batches: dict, reward_low: float, reward_high: float) -> tuple[dict, Optional[str]]:
+        """Mean Q on each named (obs, actions) batch, as values/q_<name>, and the divergence rule: the
+        critic has diverged when such a mean is not finite or lies outside q_range widened by one reward
+        range (reward_high - reward_low) on either side. Returns the logs and the problem, or None.
+        It synchronises the device: call it at logging intervals only."""
+        low, high = self.q_range(reward_low, reward_high)
+        slack = reward_high - reward_low
+        logs, problem = {"values/q_reachable_low": low, "values/q_reachable_high": high}, None
+        for name, (obs, actions) in batches.items():
+            q = self.critic(obs, actions).mean().item()
+            logs[f"values/q_{name}"] = q
+            if problem is None and not (low - slack <= q <= high + slack):
+                problem = (
+                    f"the critic diverged: mean Q on {name} data is {q:.4g}, outside [{low:.4g}, {high:.4g}] "
+                    f"(+- {slack:.3g}), the values any policy can reach with rewards in [{reward_low:.3g}, "
+                    f"{reward_high:.3g}]"
+                )
+        return logs, problem
 
 
 # ---- end shared: sac_agent ----

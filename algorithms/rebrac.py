@@ -758,6 +758,9 @@ class OfflineData:
     make_env: Callable[[], gym.Env]  # a fresh evaluation environment
     ref_min_score: Optional[float]  # reference returns of the normalised score (0 and 100); None: raw returns
     ref_max_score: Optional[float]
+    # [N] False where next_observations is a stand-in (a terminal step of a file without next_observations):
+    # harmless for a target that does not bootstrap there, but no observation a dynamics model may learn from
+    next_observed: Optional[torch.Tensor] = None
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
@@ -779,7 +782,8 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
     same episode*: the last step of an episode cut by a timeout (or by the end of the
     data) has no successor and is dropped, unlike D4RL's own loader, which pairs it
     with the first observation of the next episode (D4RL issue #145). A terminal step
-    is kept (its target does not bootstrap) with its own observation as a stand-in.
+    is kept (its target does not bootstrap) with its own observation as a stand-in,
+    marked in `next_observed` so that a dynamics model leaves it out.
     """
     for key in ("observations", "actions", "rewards", "terminals"):
         if key not in arrays:
@@ -820,6 +824,7 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
     episode_returns = np.bincount(episode_id, weights=rewards.astype(np.float64))
     if not (terminals[-1] or timeouts[-1]) and len(episode_returns) > 1:
         episode_returns = episode_returns[:-1]  # an unfinished last episode says little about the behaviour
+    next_observed = np.ones(n, dtype=bool)  # False where next_observations is a stand-in, not an observation
     if "next_observations" in arrays:
         keep = np.ones(n, dtype=bool)
         next_obs = arrays["next_observations"].astype(np.float32).reshape(n, -1)
@@ -830,7 +835,8 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
     else:
         keep = ~ends | terminals  # a cut step has no successor in its own episode
         next_obs = np.concatenate([obs[1:], obs[-1:]])
-        next_obs[terminals] = obs[terminals]
+        next_obs[terminals] = obs[terminals]  # the MDP ended: the target does not bootstrap from it
+        next_observed = ~terminals
     if not keep.any():
         raise DatasetError(
             f"{source} has no usable transition: every episode is a single step cut by a timeout and there are no "
@@ -842,6 +848,7 @@ def transitions_from_arrays(arrays: dict, source: str) -> dict:
         rewards=rewards[keep],
         next_observations=next_obs[keep],
         terminals=terminals[keep].astype(np.float32),
+        next_observed=next_observed[keep],
         episode_returns=episode_returns,
     )
 
@@ -1102,6 +1109,19 @@ def record_evaluation(
         },
     )
     return f"{history[-1]['normalized_score' if scored else 'return']:.1f}"
+
+
+def stop_run(run_dir: str, writer: SummaryWriter, reason: str) -> None:
+    """End a run that cannot go on (a diverged critic): results.json says why under "stopped", the
+    last checkpoint stays as it is, and the run ends with one line and exit code 1."""
+    path = os.path.join(run_dir, "results.json")
+    results = {"algo": SCRIPT_NAME, "evaluations": []}
+    if os.path.isfile(path):
+        with open(path) as f:
+            results = json.load(f)
+    write_results(run_dir, {**results, "stopped": reason})
+    writer.close()
+    sys.exit(f"stopped: {reason}; results.json says so and the last checkpoint is kept ({run_dir})")
 
 
 def final_summary(run_dir: str) -> str:

@@ -19,7 +19,7 @@ morel = load_script("morel")
 def pendulum_data(n=None):
     data = mopo.load_dataset(os.path.join(SHIPPED, "pendulum-medium.hdf5"), torch.device("cpu"))
     if n is not None:
-        for key in ("observations", "actions", "rewards", "next_observations", "terminals"):
+        for key in ("observations", "actions", "rewards", "next_observations", "terminals", "next_observed"):
             setattr(data, key, getattr(data, key)[:n])
     return data
 
@@ -126,9 +126,10 @@ def test_uncertainties_by_hand():
     _, _, means, stds = model.step(torch.zeros(1, 1), torch.zeros(1, 1))
     assert torch.allclose(means, mean) and torch.allclose(stds, std, atol=1e-6)
     assert mopo.uncertainty_of(means, stds, "aleatoric").item() == pytest.approx(2.0, abs=1e-3)  # max ||σ||
-    assert mopo.uncertainty_of(means, stds, "epistemic").item() == pytest.approx(2.5, abs=1e-5)  # to (1.5, 2)
-    assert morel.disagreement_of(means, stds, "epistemic").item() == pytest.approx(5.0, abs=1e-4)  # ||(3, 4)||
-    assert morel.disagreement_of(means, stds, "aleatoric").item() == pytest.approx(2.0, abs=1e-3)
+    # the disagreements leave the reward dimension out: next-state means 0 and 3
+    assert mopo.uncertainty_of(means, stds, "epistemic").item() == pytest.approx(1.5, abs=1e-5)  # to 1.5
+    assert morel.disagreement_of(means, stds, "epistemic").item() == pytest.approx(3.0, abs=1e-4)  # |3 - 0|
+    assert morel.disagreement_of(means, stds, "aleatoric").item() == pytest.approx(1.0, abs=1e-3)  # next-state σ
 
 
 def test_mopo_penalty():
@@ -140,9 +141,9 @@ def test_morel_threshold_and_halt():
     model = fixed_model(mean, torch.zeros_like(mean))
     data = pendulum_data(6)
     data.observations, data.actions = torch.zeros(6, 1), torch.zeros(6, 1)
-    assert morel.usad_threshold(model, data, "epistemic", pessimism=2.0) == pytest.approx(2.5)
+    assert morel.usad_threshold(model, data, "epistemic", pessimism=2.0) == pytest.approx(1.5)  # |3 - 0| / 2
     reward, done, unknown = morel.halt(
-        torch.tensor([1.0, 1.0]), torch.tensor([False, True]), torch.tensor([3.0, 1.0]), threshold=2.5, halt_reward=-7.0
+        torch.tensor([1.0, 1.0]), torch.tensor([False, True]), torch.tensor([3.0, 1.0]), threshold=2.5, halt_q=-7.0
     )
     assert reward.tolist() == [-7.0, 1.0] and done.tolist() == [True, True] and unknown.tolist() == [True, False]
 
@@ -201,6 +202,8 @@ def test_learned_and_absent_termination():
     assert "learned" in source
     accuracy = (fn(data.next_observations) == data.terminals.bool()).float().mean()
     assert accuracy > 0.97
+    # calibrated: on the data it ends episodes about as often as the data's terminals do
+    assert abs(fn(data.next_observations).float().mean() - data.terminals.mean()) < 0.02
 
 
 SMALL = {
