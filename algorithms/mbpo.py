@@ -11,6 +11,13 @@ every environment step is followed by G SAC updates; every `model_train_every` s
 ensemble is refitted on all real data (warm-started) and a batch of rollouts of length
 k(epoch) (the paper's linear schedule) refreshes the model buffer.
 
+Offline it uses the SAC settings of mopo.py (OfflineRL-Kit's: cosine decay of the actor's
+learning rate, α capped at 1); online the paper's constant learning rate. Divergence is never
+silent offline: at every log step the mean Q on the real and on the model part of the minibatch
+is compared with the range of soft values any policy can reach; outside it the run stops with
+one line, its last checkpoint kept and results.json saying why (`--no-stop-on-divergence` only
+logs it). `--critic-layer-norm` (LayerNorm in the critics) is the remedy measured in the README.
+
 Example:
     python algorithms/mbpo.py --dataset shipped/hopper-medium-replay --num-updates 50000
     python algorithms/mbpo.py --env-id Hopper-v4 --total-timesteps 125000
@@ -19,7 +26,9 @@ Logged (tensorboard, in the run directory):
     losses/critic_loss          squared TD error of the two critics against the soft target, summed over both
     losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
     values/q_mean               mean Q(s, a) of both critics on the minibatch (real and model transitions)
-    charts/alpha                SAC's temperature α (before this update's temperature step)
+    values/q_real, q_model      offline: mean Q on the minibatch's real and model parts (the divergence check)
+    values/q_reachable_low/high offline: the range of soft Q-values any policy can reach (SAC.q_range)
+    charts/alpha                SAC's temperature α as applied (capped at --alpha-max)
     charts/entropy              the policy's entropy estimate -E[log π(a|s)]
     rollout/uncertainty         mean aleatoric u(s, a) over the last batch of model rollouts (logged, not used)
     rollout/reward              their mean model reward
@@ -27,7 +36,8 @@ Logged (tensorboard, in the run directory):
     eval/return                 mean return of the evaluation episodes
     eval/normalized_score       their mean D4RL normalised score
     charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
-Online (--env-id): the same keys except eval/normalized_score and charts/updates_per_second, the losses
+Online (--env-id): the same keys except eval/normalized_score, charts/updates_per_second and the value
+checks, the losses
 every log_every environment steps.
 """
 

@@ -6,26 +6,38 @@ Optimization", NeurIPS 2020, https://arxiv.org/abs/2005.13239
 A probabilistic dynamics ensemble is fitted to the dataset once. SAC then learns on
 minibatches that mix real transitions (5 %) with short model rollouts (h steps) started
 from dataset states, whose rewards are penalised by the model's uncertainty:
-r̃(s, a) = r̂(s, a) - λ u(s, a) (Eq. 5). The paper's u is the largest norm of the predicted
-standard deviation over the ensemble (aleatoric, `--uncertainty aleatoric`, the official
-code: tianheyu927/mopo, mopo/models/fake_env.py); `--uncertainty epistemic` uses the
-ensemble's disagreement instead (the largest distance of a member's mean from the ensemble
-mean). Rollouts stop at predicted terminations (known rules for the MuJoCo tasks, otherwise
-learned from the data).
+r̃(s, a) = r̂(s, a) - λ u(s, a) (Eq. 5). u is the largest norm of the predicted standard
+deviation over all members of the ensemble, not only the elites that the transitions are
+sampled from (`--uncertainty aleatoric`: the paper, tianheyu927/mopo mopo/models/fake_env.py,
+and OfflineRL-Kit, whose per-dataset λ were tuned with it); `--uncertainty epistemic` uses the
+members' disagreement on the next state instead (the largest distance of a member's mean from
+their mean). Rollouts stop at predicted terminations (known rules for the MuJoCo tasks,
+otherwise learned from the data).
 
-Settings follow OfflineRL-Kit's MOPO (yihaosun1124/OfflineRL-Kit, run_example/run_mopo.py;
-the reference of the D4RL v2 numbers in benchmarks/): actor lr 1e-4, critic lr 3e-4, α
-auto-tuned toward -|A|, 50,000 rollouts of length h every 1000 updates, the last 5 rollout
-batches kept; per-dataset h and λ in benchmarks/configs/mopo/.
+Settings follow OfflineRL-Kit's MOPO (yihaosun1124/OfflineRL-Kit, run_example/run_mopo.py and
+offlinerlkit/policy/model_free/sac.py; the reference of the D4RL v2 numbers in benchmarks/):
+actor lr 1e-4 decayed to 0 on a cosine over training, critic lr 3e-4, α auto-tuned toward
+-|A| and capped at 1, 50,000 rollouts of length h every 1000 updates, the last 5 rollout
+batches kept; per-dataset h and λ in benchmarks/configs/mopo/. The paper and the official code
+keep the learning rate constant and α uncapped: `--no-cosine-actor-lr --alpha-max None`.
+
+Divergence is never silent: at every log step the mean Q on the real and on the model part of
+the minibatch is compared with the range of soft values any policy can reach (rewards in the
+range the critic is trained on, plus α times the entropy bound of the action box, over 1 - γ,
+widened by one reward range); outside it (or not finite) the run stops with one line, its last
+checkpoint kept and results.json saying why (`--no-stop-on-divergence` only logs it).
+`--critic-layer-norm` (LayerNorm in the critics) is the remedy measured in the README.
 
 Example:
     python algorithms/mopo.py --dataset shipped/hopper-medium-replay --num-updates 50000
 
 Logged (tensorboard, in the run directory):
-    losses/critic_loss          squared TD error of the two critics against the soft target, summed over both
+    losses/critic_loss          squared TD error of the critics against the soft target, summed over them
     losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
-    values/q_mean               mean Q(s, a) of both critics on the minibatch (real and model transitions)
-    charts/alpha                SAC's temperature α (before this update's temperature step)
+    values/q_mean               mean Q(s, a) of the critics on the minibatch (real and model transitions)
+    values/q_real, q_model      mean Q on the minibatch's real and model parts (the divergence check)
+    values/q_reachable_low/high the range of soft Q-values any policy can reach (SAC.q_range)
+    charts/alpha                SAC's temperature α as applied (capped at --alpha-max)
     charts/entropy              the policy's entropy estimate -E[log π(a|s)]
     rollout/uncertainty         mean u(s, a) (the chosen --uncertainty) over the last batch of model rollouts
     rollout/raw_reward          their mean model reward r̂

@@ -5,31 +5,50 @@ Learning", NeurIPS 2020, https://arxiv.org/abs/2005.05951
 
 A dynamics ensemble fitted to the data defines a pessimistic MDP (P-MDP): an unknown
 state-action detector (USAD) flags (s, a) whose ensemble disagreement exceeds a threshold,
-and entering such a pair ends the imagined episode in an absorbing HALT state with a
-negative reward. Inside the known region the model is trusted as is: no reward penalty.
-Disagreement is the paper's max over member pairs of ||μ_i(s, a) - μ_j(s, a)||
-(`--uncertainty epistemic`) or the largest predicted std norm (`--uncertainty aleatoric`).
-The threshold is the largest disagreement the ensemble shows on the dataset itself divided
-by the pessimism coefficient (the official code's rule: aravindr93/mjrl, projects/morel/run_morel.py;
-3.0 for hopper-medium in projects/morel/configs/d4rl_hopper_medium.txt).
+and such a pair leads to HALT, an absorbing state that is worse than anything known. Inside
+the known region the model is trusted as is: no reward penalty. Disagreement is the paper's
+max over member pairs of ||μ_i(s, a) - μ_j(s, a)|| (`--uncertainty epistemic`) or the largest
+predicted std norm (`--uncertainty aleatoric`), on the next-state dimensions only: the authors'
+models predict s' alone (aravindr93/mjrl, branch v2, mjrl/algos/mbrl/model_based_npg.py). The
+threshold is the largest disagreement the ensemble shows on the dataset itself divided by the
+pessimism coefficient, the authors' rule in projects/morel/run_morel.py (branch v2), whose
+configs/d4rl_hopper_medium.txt ships 3.0, the default here.
+
+HALT: the paper pays -κ on every step in HALT, which is pessimistic only when rewards are
+positive (on Pendulum, whose rewards are all <= 0, a fixed -κ can beat staying in known
+states). Here HALT pays the data's lowest reward minus κ (`--halt-penalty`, default 0) on every
+step, so its value (r_min - κ) / (1 - γ) is never above any known state's, whatever the sign
+of the rewards; entering it ends the imagined episode with that value as the reward. The
+authors' code cuts the rollout and adds `truncate_reward` (0 in their configs) to the last
+reward, which equals κ = 0 here when r_min = 0.
 
 Differences from the paper: the paper optimises the P-MDP with model-based NPG (a 64x64
 policy, behaviour-cloned start, long rollouts on 4 deterministic 2x512 models). Here the
 learner is SAC on short branched rollouts from dataset states mixed with real data (the
-common modern choice, and the same machinery as mopo.py, so `diff mopo.py morel.py` shows
-only the pessimism), on the shared probabilistic ensemble (means for USAD).
+common modern choice, and the same machinery and settings as mopo.py, so `diff mopo.py
+morel.py` shows only the pessimism), on the shared probabilistic ensemble (the elites' means
+for USAD).
+
+Divergence is never silent: at every log step the mean Q on the real and on the model part of
+the minibatch is compared with the range of soft values any policy can reach (rewards in the
+range the critic is trained on, plus α times the entropy bound of the action box, over 1 - γ,
+widened by one reward range); outside it (or not finite) the run stops with one line, its last
+checkpoint kept and results.json saying why (`--no-stop-on-divergence` only logs it).
+`--critic-layer-norm` (LayerNorm in the critics) is the remedy measured in the README.
 
 Example:
     python algorithms/morel.py --dataset shipped/hopper-medium-replay --num-updates 50000
 
 Logged (tensorboard, in the run directory):
-    losses/critic_loss          squared TD error of the two critics against the soft target, summed over both
+    losses/critic_loss          squared TD error of the critics against the soft target, summed over them
     losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
-    values/q_mean               mean Q(s, a) of both critics on the minibatch (real and model transitions)
-    charts/alpha                SAC's temperature α (before this update's temperature step)
+    values/q_mean               mean Q(s, a) of the critics on the minibatch (real and model transitions)
+    values/q_real, q_model      mean Q on the minibatch's real and model parts (the divergence check)
+    values/q_reachable_low/high the range of soft Q-values any policy can reach (SAC.q_range)
+    charts/alpha                SAC's temperature α as applied (capped at --alpha-max)
     charts/entropy              the policy's entropy estimate -E[log π(a|s)]
     rollout/halt_rate           fraction of the last batch of model-rollout transitions that enter HALT (USAD)
-    rollout/reward              their mean reward (-κ on HALT)
+    rollout/reward              their mean reward (the value of HALT where they enter it)
     rollout/terminal_rate       the fraction of them that end the rollout (termination or HALT)
     eval/return                 mean return of the evaluation episodes
     eval/normalized_score       their mean D4RL normalised score

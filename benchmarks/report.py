@@ -75,7 +75,8 @@ def load_runs(runs_dir: Path) -> tuple[list[dict], list[str]]:
                 "run_dir": str(path.parent),
                 "last_step": last_step,
                 "target": target,
-                "finished": last_step >= target,
+                # a run stopped by its divergence check is over: it counts with the evaluations it made
+                "finished": last_step >= target or bool(results.get("stopped")),
                 "mtime": path.stat().st_mtime,
             }
         )
@@ -344,6 +345,11 @@ def main(argv=None):
         sys.exit(f"error: {args.published}: cannot read the published scores ({' '.join(str(e).split())})")
     found, skipped = load_runs(runs_dir)
     runs, notes = select_runs(found, args.include_unfinished)
+    stopped = [
+        f"`{r['run_dir']}` stopped at update {r['last_step']} of {r['target']}: {r['stopped']}"
+        for r in runs
+        if r.get("stopped")
+    ]
     if args.algos:
         runs = [r for r in runs if r["algo"] in args.algos]
     if args.datasets:
@@ -403,6 +409,13 @@ def main(argv=None):
         "",
     ]
     learning_curves(groups, algos, datasets, out / "learning_curves.png", colors)
+    if stopped:
+        lines += [
+            "## Runs stopped early (counted with the evaluations they made)",
+            "",
+            *[f"- {n}" for n in stopped],
+            "",
+        ]
     if notes or skipped:
         lines += ["## Runs not counted", "", *[f"- {n}" for n in notes + skipped], ""]
     (out / "report.md").write_text("\n".join(lines))

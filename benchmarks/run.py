@@ -251,6 +251,15 @@ def last_step(run_dir: str) -> int:
         return 0
 
 
+def stopped(run_dir: str) -> bool:
+    """Whether the run ended early by its own decision (results.json "stopped", e.g. a diverged critic)."""
+    try:
+        with open(os.path.join(run_dir, "results.json")) as f:
+            return bool(json.load(f).get("stopped"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def same_value(a, b) -> bool:
     if (
         isinstance(a, (int, float))
@@ -275,7 +284,7 @@ def differences(cell: Cell, run_config: dict) -> list[str]:
 
 def inspect(cell: Cell) -> tuple[str, Optional[str], str]:
     """What to do with a cell: ("finished" | "resume" | "new" | "conflict", run directory, note)."""
-    pattern = re.compile(re.escape(cell.name) + r"__\d+")
+    pattern = re.compile(re.escape(cell.name) + r"__\d+(-\d+)?")  # a run started in the same second gets -1, -2, ...
     try:
         run_dirs = sorted(os.path.join(cell.runs_dir, d) for d in os.listdir(cell.runs_dir) if pattern.fullmatch(d))
     except FileNotFoundError:
@@ -291,7 +300,7 @@ def inspect(cell: Cell) -> tuple[str, Optional[str], str]:
                 f"{run_dir} was made with {', '.join(changed)}; move it away or use another --runs-dir",
             )
         step = last_step(run_dir)
-        if step >= cell.num_updates:
+        if step >= cell.num_updates or stopped(run_dir):  # a run its divergence check stopped is over
             finished.append((step, run_dir))
         elif config and os.path.isfile(os.path.join(run_dir, "checkpoint.pt")):
             resumable.append((step, os.path.getmtime(os.path.join(run_dir, "checkpoint.pt")), run_dir))
@@ -399,6 +408,8 @@ def execute_cell(cell: Cell) -> dict:
                 _children.discard(process)
         after, run_dir, _ = inspect(cell)
         elapsed = f"{time.time() - started:.0f} s"
+        if code != 0 and after == "finished" and stopped(run_dir):
+            return {**result, "status": "stopped", "run_dir": run_dir, "message": last_line(cell.log_path())}
         if code != 0:
             return {
                 **result,
@@ -677,10 +688,11 @@ def main(argv=None):
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    counts = {status: sum(r["status"] == status for r in results) for status in ("skipped", "done", "failed")}
+    counts = {s: sum(r["status"] == s for r in results) for s in ("skipped", "done", "stopped", "failed")}
     failed = [r for r in results if r["status"] == "failed"]
     summary = (
         f"{len(cells)} cells: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed"
+        + (f", {counts['stopped']} stopped by their divergence check" if counts["stopped"] else "")
     )
     if failed:
         details = "; ".join(f"{r['cell']} ({r['message']})" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")

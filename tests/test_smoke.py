@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, load_script
@@ -104,3 +105,21 @@ def test_rollout_length_schedule():
     mbpo = load_script("mbpo")
     schedule = (20, 100, 1, 15)
     assert [mbpo.rollout_length(e, schedule) for e in (0, 20, 60, 100, 150)] == [1, 1, 8, 15, 15]
+
+
+@pytest.mark.parametrize("name", ["td3_bc", "mopo"])
+def test_compile(name, tmp_path):
+    """--compile runs a model-free and a model-based script end to end, and updates per second leave
+    the compile warm-up out: the timed training is a small part of the run's wall time."""
+    started = time.time()
+    result = run(
+        [os.path.join(ROOT, "algorithms", name + ".py"), *tiny_args(name, runs_dir=str(tmp_path)), "--compile"],
+        cwd=ROOT,
+        timeout=600,
+    )
+    wall = time.time() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = glob.glob(str(tmp_path / f"{name}__*" / "results.json"))
+    results = json.load(open(path))
+    assert results["updates_per_second"] > 0 and results["evaluations"]
+    assert results["train_time_s"] < 0.25 * wall, (results["train_time_s"], wall)
