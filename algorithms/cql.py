@@ -366,7 +366,7 @@ def main():
     step, history, clock_state = 0, [], None
     if args.resume:
         step, extra = load_checkpoint(checkpoint_path, trained)
-        history, clock_state = extra["history"], extra["clock"]
+        history, clock_state = extra["history"], extra.get("clock")
         with torch.no_grad():
             log_alpha.copy_(extra["log_alpha"])
             log_alpha_prime.copy_(extra["log_alpha_prime"])

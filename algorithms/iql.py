@@ -323,7 +323,7 @@ def main():
     step, history, clock_state = 0, [], None
     if args.resume:
         step, extra = load_checkpoint(checkpoint_path, trained)
-        history, clock_state = extra["history"], extra["clock"]
+        history, clock_state = extra["history"], extra.get("clock")
         actor_schedule.load_state_dict(extra["actor_schedule"])
     writer = make_writer(args, run_dir, step)
 

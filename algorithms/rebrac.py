@@ -346,7 +346,7 @@ def main():
     step, history, clock_state = 0, [], None
     if args.resume:
         step, extra = load_checkpoint(checkpoint_path, trained)
-        history, clock_state = extra["history"], extra["clock"]
+        history, clock_state = extra["history"], extra.get("clock")
     writer = make_writer(args, run_dir, step)
 
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)

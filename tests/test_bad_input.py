@@ -15,6 +15,7 @@ an older commit's: `git worktree add /tmp/old <commit>` and
 `ALGORITHMS_DIR=/tmp/old/algorithms python -m pytest tests/test_bad_input.py -n 2`.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -146,6 +147,17 @@ def truncate_to_half(path) -> None:
 def results_of(run_dir: str) -> dict:
     with open(os.path.join(run_dir, "results.json")) as f:
         return json.load(f)
+
+
+def same(a, b) -> bool:
+    """Equal, down to every tensor of a (nested) state dict."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same, a, b))
+    return a == b
 
 
 def write_dataset(path, arrays: dict, attrs: dict) -> None:
@@ -305,49 +317,66 @@ def test_refused_resume_writes_nothing(name, tmp_path, finished_run, capsys, mon
     assert results_of(run_dir)["evaluations"][-1]["step"] == 60
     allowed = ["--num-updates", 80, "--eval-every", 30, "--checkpoint-every", 30, "--log-every", 15]
     allowed += ["--threads", 0, "--device", "cpu"]
-    changed = run(name, ["--resume", run_dir, *allowed], cwd=tmp_path)
-    assert changed.returncode == 0, changed.stderr[-3000:]
+    code, stderr = call(name, ["--resume", run_dir, *allowed], capsys, monkeypatch)
+    assert code == 0, stderr[-3000:]
     assert [e["step"] for e in results_of(run_dir)["evaluations"]][-2:] == [60, 80]
     config = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
     assert config["num_updates"] == 80 and config["hidden_dim"] == 64
 
 
 # ---------------------------------------------------------------------------- 5. resume off every interval boundary
+def kill_at_second_checkpoint(argv: list, name: str, runs_dir, log) -> str:
+    """Start the run, SIGKILL it as soon as its checkpoint.pt is replaced for the first time (the
+    second checkpoint is written), and return its run directory."""
+    with open(log, "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, script_path(name), *map(str, argv)], stdout=subprocess.DEVNULL, stderr=err, env=ENV
+        )
+        seen, deadline = set(), time.time() + 300
+        while process.poll() is None and time.time() < deadline and len(seen) < 2:
+            for run_dir in run_dirs(runs_dir, name):
+                with contextlib.suppress(FileNotFoundError):
+                    seen.add(os.stat(os.path.join(run_dir, "checkpoint.pt")).st_ino)  # a new file each time
+            time.sleep(0.005)
+        process.kill()
+        process.wait()
+    assert len(seen) == 2, "the run ended before its second checkpoint: " + open(log).read()[-3000:]
+    (run_dir,) = run_dirs(runs_dir, name)
+    return run_dir
+
+
 @pytest.mark.parametrize("name", RESUMABLE)
 def test_resume_off_interval_boundaries(name, tmp_path):
-    """Checkpoints every 350 updates, evaluations every 300, logs every 150 (rollouts every 200): a
-    run that stopped at its checkpoint of step 700 resumes to 1000, and its evaluations after the
-    resume are those of a run that was never stopped (the stopped run's last one, at 700, aside)."""
-    intervals = {"--checkpoint-every": 350, "--eval-every": 300, "--log-every": 150}
+    """Checkpoints every 350 updates, evaluations every 300, logs every 150, rollouts every 200: a
+    run killed after its checkpoint of step 700 resumes there, between every other interval, and
+    ends with the evaluations and weights of the same run never killed."""
+    intervals = {"--num-updates": 1000, "--checkpoint-every": 350, "--eval-every": 300, "--log-every": 150}
     if "rollout_every" in args_fields(name):
         intervals["--rollout-every"] = 200
 
-    def argv(runs_dir, num_updates):
-        return with_flags(tiny_args(name, runs_dir=str(runs_dir)), intervals | {"--num-updates": num_updates})
+    def argv(runs_dir):
+        return with_flags(tiny_args(name, runs_dir=str(runs_dir)), intervals)
 
-    first = run(name, argv(tmp_path / "stopped", 700), cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    (run_dir,) = run_dirs(tmp_path / "stopped", name)
-    resumed = run(name, ["--resume", run_dir, "--num-updates", 1000], cwd=tmp_path)
+    run_dir = kill_at_second_checkpoint(argv(tmp_path / "killed"), name, tmp_path / "killed", tmp_path / "killed.log")
+    killed_at = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)["step"]
+    assert killed_at == 700
+    resumed = run(name, ["--resume", run_dir], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    whole = run(name, argv(tmp_path / "whole", 1000), cwd=tmp_path)
+    whole = run(name, argv(tmp_path / "whole"), cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
     (whole_dir,) = run_dirs(tmp_path / "whole", name)
-    got = [e for e in results_of(run_dir)["evaluations"] if e["step"] != 700]
     expected = results_of(whole_dir)["evaluations"]
     assert [e["step"] for e in expected] == [300, 600, 900, 1000]
-    assert got == expected
+    assert results_of(run_dir)["evaluations"] == expected
     final = [
         torch.load(os.path.join(d, "checkpoint.pt"), map_location="cpu", weights_only=False)
         for d in (run_dir, whole_dir)
     ]
     assert final[0]["step"] == final[1]["step"] == 1000
     for key, state in final[1]["objects"].items():
-        for param, value in state.items():
-            other = final[0]["objects"][key][param]
-            same = torch.equal(value, other) if torch.is_tensor(value) else value == other
-            assert same, f"{key}.{param} differs after the resume"
+        for part, value in state.items():
+            assert same(value, final[0]["objects"][key][part]), f"{key}.{part} differs after the resume"
 
 
 # ---------------------------------------------------------------------------- 6. a truncated checkpoint
