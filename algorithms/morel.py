@@ -30,9 +30,9 @@ morel.py` shows only the pessimism), on the shared probabilistic ensemble (the e
 for USAD).
 
 Divergence is never silent: at every log step the mean Q on the real and on the model part of
-the minibatch is compared with the range of soft values any policy can reach (rewards in the
-range the critic is trained on, plus α times the entropy bound of the action box, over 1 - γ,
-widened by one reward range); outside it (or not finite) the run stops with one line, its last
+the minibatch is compared with the range of soft values a policy as random as the current one
+can reach (rewards in the range the critic is trained on, plus α times the policy's mean entropy,
+over 1 - γ, widened by one reward range); outside it (or not finite) the run stops with one line, its last
 checkpoint kept and results.json saying why (`--no-stop-on-divergence` only logs it).
 `--critic-layer-norm` (LayerNorm in the critics) is the remedy measured in the README.
 
@@ -352,7 +352,9 @@ def main():
         clock.tick()
 
         if step % args.log_every == 0:
-            values, problem = agent.check_values({"real": real[:2], "model": imagined[:2]}, *reward_range)
+            values, problem = agent.check_values(
+                {"real": real[:2], "model": imagined[:2]}, *reward_range, logs["charts/entropy"].item()
+            )
             log_scalars(writer, logs | rollout_stats | values, step)
             if problem and args.stop_on_divergence:
                 stop_run(run_dir, writer, problem)
@@ -1656,30 +1658,32 @@ class SAC(nn.Module):
         }
 
     @torch.no_grad()
-    def q_range(self, reward_low: float, reward_high: float) -> tuple[float, float]:
-        """The soft Q-values any policy can have when every reward lies in [reward_low, reward_high].
+    def q_range(self, reward_low: float, reward_high: float, entropy: Optional[float] = None) -> tuple[float, float]:
+        """The soft Q-values a policy can have when every reward lies in [reward_low, reward_high].
 
-        Q = E Σ γ^t (r_t + γ α H(π(·|s_t+1))). The entropy of a policy on the action box is at most its
-        log-volume (the uniform policy), and that of this actor at least the narrowest Gaussian's,
-        Σ (log σ_min + ½ log 2πe + log scale), unless its mean saturates the tanh (the slack of
-        check_values covers that).
+        Q = E Σ γ^t (r_t + γ α H(π(·|s_t+1))). With `entropy` (the current policy's mean entropy on the
+        minibatch) H is taken to be that, which bounds the values of policies as random as this one;
+        without it, H is anything from the narrowest Gaussian's Σ (log σ_min + ½ log 2πe + log scale)
+        up to the log-volume of the action box (the uniform policy), which bounds every policy's values.
         """
         alpha = min(self.log_alpha.exp().item(), self.alpha_max)
         scale = self.actor.action_scale
-        h_max = torch.log(2 * scale).sum().item()
+        h_max = torch.log(2 * scale).sum().item() if entropy is None else entropy
         h_min = (self.actor.LOG_STD_MIN + 0.5 * np.log(2 * np.pi * np.e) + torch.log(scale)).sum().item()
+        h_min = min(h_min, h_max) if entropy is None else entropy
         g = self.gamma
-        return (reward_low + g * alpha * min(h_min, 0.0)) / (1 - g), (reward_high + g * alpha * max(h_max, 0.0)) / (
-            1 - g
-        )
+        return (reward_low + g * alpha * h_min) / (1 - g), (reward_high + g * alpha * h_max) / (1 - g)
 
     @torch.no_grad()
-    def check_values(self, batches: dict, reward_low: float, reward_high: float) -> tuple[dict, Optional[str]]:
+    def check_values(
+        self, batches: dict, reward_low: float, reward_high: float, entropy: Optional[float] = None
+    ) -> tuple[dict, Optional[str]]:
         """Mean Q on each named (obs, actions) batch, as values/q_<name>, and the divergence rule: the
-        critic has diverged when such a mean is not finite or lies outside q_range widened by one reward
-        range (reward_high - reward_low) on either side. Returns the logs and the problem, or None.
-        It synchronises the device: call it at logging intervals only."""
-        low, high = self.q_range(reward_low, reward_high)
+        critic has diverged when such a mean is not finite or lies outside q_range (for the policy's
+        current `entropy`, when given) widened by one reward range (reward_high - reward_low) on either
+        side. Returns the logs and the problem, or None. It synchronises the device: call it at logging
+        intervals only."""
+        low, high = self.q_range(reward_low, reward_high, entropy)
         slack = reward_high - reward_low
         logs, problem = {"values/q_reachable_low": low, "values/q_reachable_high": high}, None
         for name, (obs, actions) in batches.items():
@@ -1688,8 +1692,8 @@ class SAC(nn.Module):
             if problem is None and not (low - slack <= q <= high + slack):
                 problem = (
                     f"the critic diverged: mean Q on {name} data is {q:.4g}, outside [{low:.4g}, {high:.4g}] "
-                    f"(+- {slack:.3g}), the values any policy can reach with rewards in [{reward_low:.3g}, "
-                    f"{reward_high:.3g}]"
+                    f"(+- {slack:.3g}), the values a policy can reach with rewards in [{reward_low:.3g}, "
+                    f"{reward_high:.3g}]" + ("" if entropy is None else f" and the policy's entropy {entropy:.3g}")
                 )
         return logs, problem
 

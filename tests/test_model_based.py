@@ -121,6 +121,9 @@ def test_q_range_by_hand():
     assert high == pytest.approx(0.99 * np.log(4.0) / 0.01, rel=1e-5)
     h_min = -5.0 + 0.5 * np.log(2 * np.pi * np.e) + np.log(2.0)
     assert low == pytest.approx((-16.0 + 0.99 * h_min) / 0.01, rel=1e-5)
+    # for a policy as random as the current one (mean entropy -1): both ends at that entropy
+    low, high = agent.q_range(-16.0, 0.0, entropy=-1.0)
+    assert high == pytest.approx(-0.99 / 0.01, rel=1e-5) and low == pytest.approx((-16.0 - 0.99) / 0.01, rel=1e-5)
 
 
 def test_divergence_rule_on_a_critic_made_to_diverge():
@@ -132,6 +135,10 @@ def test_divergence_rule_on_a_critic_made_to_diverge():
         agent.critic.net[-1].bias.fill_(500.0)  # Q near +500: more than any policy can earn with rewards <= 0
     logs, problem = agent.check_values({"real": (obs, actions), "model": (obs, actions)}, -16.0, 0.0)
     assert problem is not None and "diverged" in problem and "real" in problem
+    with torch.no_grad():
+        agent.critic.net[-1].bias.fill_(-50.0)  # -50: possible for a uniform policy, not for one of entropy -1
+    assert agent.check_values({"model": (obs, actions)}, -16.0, 0.0)[1] is None
+    assert agent.check_values({"model": (obs, actions)}, -16.0, 0.0, entropy=-1.0)[1] is not None
     with torch.no_grad():
         agent.critic.net[-1].bias.fill_(float("nan"))
     assert agent.check_values({"model": (obs, actions)}, -16.0, 0.0)[1] is not None
