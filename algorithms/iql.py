@@ -420,12 +420,16 @@ def parse_args(args_cls, limits: Optional[dict] = None):
     args = tyro.cli(args_cls, default=defaults)
     if saved is not None:  # a resumed run keeps what it learns with
         now = pyrallis.encode(args)
-        changed = [k for k in now if k not in RESUMABLE and now[k] != saved.get(k)]
+        # a learning rate that follows a cosine over num_updates makes the budget part of what is learned
+        resumable = RESUMABLE - ({"num_updates"} if saved.get("cosine_actor_lr") else set())
+        changed = [k for k in now if k not in resumable and now[k] != saved.get(k)]
         if changed:
             k = changed[0]
+            why = "; it is the length of the cosine learning-rate schedule" if k == "num_updates" else ""
             sys.exit(
-                f"error: --resume: --{k.replace('_', '-')} {now[k]} differs from the run's {saved.get(k)}; a resumed "
-                f"run keeps its settings (only {', '.join(sorted(RESUMABLE & set(now)))} may change): start a new run"
+                f"error: --resume: --{k.replace('_', '-')} {now[k]} differs from the run's {saved.get(k)}{why}; a "
+                f"resumed run keeps its settings (only {', '.join(sorted(resumable & set(now)))} may change): "
+                "start a new run"
             )
     problem = check_args(args, hints, limits or {})
     if problem:
@@ -445,8 +449,10 @@ def value_fits(value, hint) -> bool:
     if hint is type(None):
         return value is None
     if origin in (tuple, list):
-        items = params if origin is tuple and Ellipsis not in params else (params[0],) * len(value or ())
-        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(map(value_fits, value, items))
+        if not isinstance(value, (list, tuple)):
+            return False
+        items = params if origin is tuple and Ellipsis not in params else (params[0],) * len(value)
+        return len(value) == len(items) and all(map(value_fits, value, items))
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:

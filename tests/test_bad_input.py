@@ -190,7 +190,9 @@ def finished_run(tmp_path_factory):
         with FileLock(str(root / f"{name}.lock")):
             if not (root / f"{name}.done").exists():
                 shutil.rmtree(runs, ignore_errors=True)
-                result = run(name, tiny_args(name, runs_dir=str(runs)), cwd=root)
+                # a constant learning rate, so that a resume may extend the budget (see the cosine test below)
+                constant_lr = ["--no-cosine-actor-lr"] if "cosine_actor_lr" in args_fields(name) else []
+                result = run(name, [*tiny_args(name, runs_dir=str(runs)), *constant_lr], cwd=root)
                 assert result.returncode == 0, result.stderr[-3000:]
                 (root / f"{name}.done").touch()
         (run_dir,) = run_dirs(runs, name)
@@ -330,6 +332,20 @@ def test_refused_resume_writes_nothing(name, tmp_path, finished_run, capsys, mon
     assert [e["step"] for e in results_of(run_dir)["evaluations"]][-2:] == [60, 80]
     config = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
     assert config["num_updates"] == 80 and config["hidden_dim"] == 64
+
+
+@pytest.mark.parametrize("name", [n for n in RESUMABLE if "cosine_actor_lr" in args_fields(n)])
+def test_resume_refuses_a_new_budget_under_a_cosine_schedule(name, tmp_path, capsys, monkeypatch):
+    """Where the actor's learning rate follows a cosine over --num-updates, the budget is part of what
+    is learned: a resume that changes it is refused in one line that says why, and writes nothing."""
+    monkeypatch.chdir(tmp_path)
+    result = run(name, tiny_args(name, runs_dir=str(tmp_path / "runs")), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path / "runs", name)
+    before = snapshot(run_dir)
+    code, stderr = call(name, ["--resume", run_dir, "--num-updates", 60], capsys, monkeypatch)
+    one_error_line(code, stderr, "--num-updates")
+    assert "cosine" in stderr and snapshot(run_dir) == before
 
 
 # ---------------------------------------------------------------------------- 5. resume off every interval boundary
