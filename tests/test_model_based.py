@@ -183,3 +183,30 @@ def test_cosine_actor_learning_rate_and_alpha_cap():
         capped.log_alpha.fill_(np.log(3.0))
     batch = (torch.randn(8, 3), torch.rand(8, 1), torch.randn(8), torch.randn(8, 3), torch.zeros(8))
     assert capped.update(*batch)["charts/alpha"].item() == pytest.approx(0.5)
+
+
+def test_failed_dynamics_cache_write_is_one_line_and_leaves_no_tmp(tmp_path, monkeypatch):
+    """A full disk while the trained ensemble is saved: one line naming the file, no .tmp left."""
+    data = mopo.load_dataset(os.path.join(SHIPPED, "pendulum-medium-replay.hdf5"), torch.device("cpu"))
+    settings = {
+        "members": 2,
+        "elites": 1,
+        "hidden_dim": 8,
+        "hidden_layers": 1,
+        "batch_size": 256,
+        "lr": 1e-3,
+        "holdout_size": 100,
+        "patience": 1,
+        "max_epochs": 1,
+    }
+
+    def full_disk(obj, path, *args, **kwargs):
+        open(path, "wb").write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mopo.torch, "save", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        mopo.load_or_train_dynamics(data, settings, 0, str(tmp_path), None, torch.device("cpu"))
+    message = str(stop.value)
+    assert message.startswith("error: could not write the trained dynamics ensemble") and str(tmp_path) in message
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
