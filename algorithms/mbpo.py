@@ -106,8 +106,8 @@ class Args:
     dynamics_path: Optional[str] = None
     """a saved ensemble to use; it must have been trained on this dataset with these settings"""
     dynamics_cache_dir: Optional[str] = None
-    """where trained ensembles are saved and looked up, one file per dataset, seed and settings (None: "
-    "<runs_dir>/dynamics)"""
+    """where trained ensembles are saved and looked up, one file per dataset, seed and settings
+    (None: <runs_dir>/dynamics)"""
     # model rollouts and the penalty
     rollout_length: int = 5
     """h: steps of each model rollout"""
@@ -129,8 +129,8 @@ class Args:
     updates_per_step: int = 20
     """online: G, SAC updates per environment step"""
     rollout_schedule: tuple[int, int, int, int] = (20, 100, 1, 15)
-    """online: (epoch a, epoch b, length x, length y): rollout length grows from x to y between epochs a and b (1000 "
-    "steps an epoch)"""
+    """online: (epoch a, epoch b, length x, length y): rollout length grows from x to y between epochs a and b
+    (1000 steps an epoch)"""
     online_rollout_batch_size: int = 100_000
     """online: rollouts started at each refit"""
     # SAC

@@ -110,8 +110,8 @@ class Args:
     dynamics_path: Optional[str] = None
     """a saved ensemble to use; it must have been trained on this dataset with these settings"""
     dynamics_cache_dir: Optional[str] = None
-    """where trained ensembles are saved and looked up, one file per dataset, seed and settings (None: "
-    "<runs_dir>/dynamics)"""
+    """where trained ensembles are saved and looked up, one file per dataset, seed and settings
+    (None: <runs_dir>/dynamics)"""
     # model rollouts and the penalty
     rollout_length: int = 5
     """h: steps of each model rollout"""

@@ -431,7 +431,7 @@ def execute_cell(cell: Cell) -> dict:
             "status": "done",
             "run_dir": run_dir,
             "message": f"{'resumed' if action == 'resume' else 'new run'}, {elapsed}: last "
-            "{scores['last_normalized_score']:.1f}, "
+            f"{scores['last_normalized_score']:.1f}, "
             f"best {scores['best_normalized_score']:.1f}",
         }
     finally:
