@@ -656,18 +656,21 @@ def log_scalars(writer: SummaryWriter, logs: dict, step: int) -> None:
 
 class TrainClock:
     """Seconds and updates of training alone, for updates per second: evaluations and checkpoints are
-    left out (`with clock.paused():`), and so is the first update of every start or resume, which
-    holds torch.compile's warm-up (timing starts at the end of it)."""
+    left out (`with clock.paused():`), and so are the first `warmup` updates of every start or resume,
+    which hold torch.compile's warm-up (one compiled graph per variant of an update, e.g. TD3's steps
+    with and without the delayed actor update): timing starts at the end of them."""
 
-    def __init__(self, state: Optional[dict] = None):
+    def __init__(self, state: Optional[dict] = None, warmup: int = 3):
         self.seconds, self.updates = (state or {}).get("seconds", 0.0), (state or {}).get("updates", 0)
-        self.started = None
+        self.started, self.warmup = None, warmup
 
     def tick(self) -> None:
         """Call after every update."""
-        if self.started is None:
-            self.started = time.perf_counter()
-        else:
+        if self.warmup > 0:
+            self.warmup -= 1
+            if self.warmup == 0:
+                self.started = time.perf_counter()
+        elif self.started is not None:
             self.updates += 1
 
     @contextlib.contextmanager

@@ -702,18 +702,21 @@ def log_scalars(writer: SummaryWriter, logs: dict, step: int) -> None:
 
 class TrainClock:
     """Seconds and updates of training alone, for updates per second: evaluations and checkpoints are
-    left out (`with clock.paused():`), and so is the first update of every start or resume, which
-    holds torch.compile's warm-up (timing starts at the end of it)."""
+    left out (`with clock.paused():`), and so are the first `warmup` updates of every start or resume,
+    which hold torch.compile's warm-up (one compiled graph per variant of an update, e.g. TD3's steps
+    with and without the delayed actor update): timing starts at the end of them."""
 
-    def __init__(self, state: Optional[dict] = None):
+    def __init__(self, state: Optional[dict] = None, warmup: int = 3):
         self.seconds, self.updates = (state or {}).get("seconds", 0.0), (state or {}).get("updates", 0)
-        self.started = None
+        self.started, self.warmup = None, warmup
 
     def tick(self) -> None:
         """Call after every update."""
-        if self.started is None:
-            self.started = time.perf_counter()
-        else:
+        if self.warmup > 0:
+            self.warmup -= 1
+            if self.warmup == 0:
+                self.started = time.perf_counter()
+        elif self.started is not None:
             self.updates += 1
 
     @contextlib.contextmanager
@@ -1765,20 +1768,23 @@ class SAC(nn.Module):
         self, batches: dict, reward_low: float, reward_high: float, entropy: Optional[float] = None
     ) -> tuple[dict, Optional[str]]:
         """Mean Q on each named (obs, actions) batch, as values/q_<name>, and the divergence rule: the
-        critic has diverged when such a mean is not finite or lies outside q_range (for the policy's
-        current `entropy`, when given) widened by one reward range (reward_high - reward_low) on either
-        side. Returns the logs and the problem, or None. It synchronises the device: call it at logging
-        intervals only."""
+        critic has diverged when such a mean is not finite, or lies above q_range (for the policy's
+        current `entropy`, when given) by more than one reward range (reward_high - reward_low), or
+        below it by more than the range's own width. Returns the logs and the problem, or None. It
+        synchronises the device: call it at logging intervals only."""
         low, high = self.q_range(reward_low, reward_high, entropy)
         slack = reward_high - reward_low
         logs, problem = {"values/q_reachable_low": low, "values/q_reachable_high": high}, None
         for name, (obs, actions) in batches.items():
             q = self.critic(obs, actions).mean().item()
             logs[f"values/q_{name}"] = q
-            if problem is None and not (low - slack <= q <= high + slack):
+            # above the range by a reward range, or below it by the whole range (a critic that is still
+            # settling may undershoot large negative targets such as the value of HALT), or not finite
+            if problem is None and not (low - (high - low) <= q <= high + slack):
                 problem = (
                     f"the critic diverged: mean Q on {name} data is {q:.4g}, outside [{low:.4g}, {high:.4g}] "
-                    f"(+- {slack:.3g}), the values a policy can reach with rewards in [{reward_low:.3g}, "
+                    f"(+ {slack:.3g} above, - {high - low:.4g} below), the values a policy can reach with rewards "
+                    f"in [{reward_low:.3g}, "
                     f"{reward_high:.3g}]" + ("" if entropy is None else f" and the policy's entropy {entropy:.3g}")
                 )
         return logs, problem

@@ -592,7 +592,7 @@ def test_train_clock(monkeypatch):
     module = load_script(script_path("td3_bc"))
     now = [100.0]
     monkeypatch.setattr(module, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: now[0])}))
-    clock = module.TrainClock()
+    clock = module.TrainClock(warmup=1)
     now[0] += 5.0  # the first update (torch.compile's warm-up) takes 5 s: not timed, not counted
     clock.tick()
     assert clock.state_dict() == {"seconds": 0.0, "updates": 0}
@@ -607,7 +607,7 @@ def test_train_clock(monkeypatch):
     clock.tick()
     assert clock.state_dict() == {"seconds": 3.0, "updates": 5}
 
-    resumed = module.TrainClock(clock.state_dict())  # a resume: its first update is not counted either
+    resumed = module.TrainClock(clock.state_dict(), warmup=1)  # a resume: its first update is not counted either
     now[0] += 7.0
     resumed.tick()
     now[0] += 1.0
@@ -616,6 +616,15 @@ def test_train_clock(monkeypatch):
         assert resumed.state_dict() == {"seconds": 4.0, "updates": 6}
         assert resumed.rate() == 1.5
     assert module.TrainClock().rate() == 0.0
+    # by default the first three updates are left out: TD3's two compiled variants (with and
+    # without the delayed actor step) are both compiled within them
+    default = module.TrainClock()
+    for _ in range(3):
+        now[0] += 8.0
+        default.tick()
+    now[0] += 1.0
+    default.tick()
+    assert default.state_dict() == {"seconds": 1.0, "updates": 1}
 
 
 # ---------------------------------------------------------------------------- the in-process shortcut
