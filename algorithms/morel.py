@@ -32,8 +32,9 @@ for USAD).
 Divergence is never silent: at every log step the mean Q on the real and on the model part of
 the minibatch is compared with the range of soft values a policy as random as the current one
 can reach (rewards in the range the critic is trained on, plus α times the policy's mean entropy,
-over 1 - γ, widened by one reward range); outside it (or not finite) the run stops with one line, its last
-checkpoint kept and results.json saying why (`--no-stop-on-divergence` only logs it).
+over 1 - γ); above it by more than one reward range, below it by more than its own width, or not
+finite, the run stops with one line, its last checkpoint kept and results.json saying why
+(`--no-stop-on-divergence` only logs it).
 `--critic-layer-norm` (LayerNorm in the critics) is the remedy measured in the README.
 
 Example:
