@@ -115,6 +115,9 @@ class Args:
     """stop after this many epochs in which no member improved by more than 1 %"""
     dynamics_max_epochs: int = 0
     """cap on training epochs (0: no cap)"""
+    dynamics_bf16: bool = False
+    """train the ensemble with bfloat16 matrix products (autocast; holdout error and rollouts stay float32):
+    1.6x faster per epoch on a CPU with avx512_bf16, the same holdout error per epoch (README); authors: float32"""
     dynamics_path: Optional[str] = None
     """a saved ensemble to use; it must have been trained on this dataset with these settings"""
     dynamics_cache_dir: Optional[str] = None
@@ -1266,12 +1269,15 @@ def train_dynamics(
     patience: int = 5,
     max_epochs: int = 0,
     obs_margin: float = 0.1,
+    bf16: bool = False,
 ) -> dict:
     """Fit the ensemble: bootstrap per member, holdout early stopping per member, elites.
 
     A member's snapshot is kept when its holdout MSE improves by more than 1 %; training stops
     when no member improved for `patience` epochs (or after `max_epochs` > 0). Every member
     is restored to its best snapshot and the `elites` with the lowest holdout MSE are chosen.
+    `bf16` runs the training passes' matrix products in bfloat16 (autocast; weights, Adam and
+    the holdout error stay float32), which pays where the hardware has bf16 units.
     """
     observed = data.next_observed if data.next_observed is not None else torch.ones_like(data.rewards, dtype=torch.bool)
     inputs_obs, inputs_act = data.observations[observed], data.actions[observed]  # no stand-in next observations
@@ -1306,7 +1312,8 @@ def train_dynamics(
         order = bootstrap.gather(1, torch.argsort(torch.rand(E, len(train), device=device), dim=1))
         for start in range(0, len(train), batch_size):
             idx = order[:, start : start + batch_size]  # [E, B]: each member its own minibatch
-            loss = model.loss(inputs_obs[idx], inputs_act[idx], targets[idx])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model.loss(inputs_obs[idx], inputs_act[idx], targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -1434,6 +1441,7 @@ def _load_or_train(
             holdout_size=settings["holdout_size"],
             patience=settings["patience"],
             max_epochs=settings["max_epochs"],
+            bf16=settings.get("bf16", False),
         )
     log["train_time_s"] = time.time() - start
     state = {"fingerprint": fingerprint, "model": model.state_dict(), "log": log}
