@@ -289,3 +289,33 @@ def test_rollouts_stay_finite_and_stop_at_terminations():
         assert torch.isfinite(tensor).all()
     assert len(rewards) < 500 * 5  # terminated rollouts stopped
     assert (next_obs <= model.obs_high).all() and (rewards <= model.reward_range[1]).all()
+
+
+def test_bf16_training_runs_the_loss_under_bf16_autocast_and_still_fits():
+    """--dynamics-bf16: the training passes run under bf16 autocast (the holdout error in float32),
+    the weights stay float32, and the fit is as good: on 5,000 pendulum transitions, 10 epochs in
+    bf16 end with a mean holdout MSE over the members within 25 % of float32's (our run, seed 0:
+    0.146 against 0.155; per member the ratio spreads from 0.62 to 1.34, so the mean is compared)."""
+    data = pendulum_data(5000)
+    logs, seen = {}, {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = mopo.EnsembleDynamics(3, 1)
+        loss = model.loss
+        model.loss = lambda *a, loss=loss, bf16=bf16: (
+            seen.setdefault(bf16, set()).add(torch.is_autocast_enabled("cpu")) or loss(*a)
+        )
+        logs[bf16] = np.array(
+            mopo.train_dynamics(model, data, holdout_size=1000, max_epochs=10, bf16=bf16)["holdout_mse"]
+        )
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert seen == {False: {False}, True: {True}}
+    assert logs[True].mean() < 1.25 * logs[False].mean(), (logs[True], logs[False])
+
+
+def test_bf16_is_part_of_the_ensembles_cache_key():
+    settings = {k[len("dynamics_") :]: v for k, v in vars(mopo.Args()).items() if k.startswith("dynamics_")}
+    data = pendulum_data(100)
+    plain = mopo.dynamics_fingerprint(data, {**settings, "bf16": False}, 0)
+    assert plain != mopo.dynamics_fingerprint(data, {**settings, "bf16": True}, 0)
+    assert "bf16" in mopo.dynamics_settings(mopo.Args())
