@@ -313,9 +313,36 @@ def test_bf16_training_runs_the_loss_under_bf16_autocast_and_still_fits():
     assert logs[True].mean() < 1.25 * logs[False].mean(), (logs[True], logs[False])
 
 
-def test_bf16_is_part_of_the_ensembles_cache_key():
+def test_bf16_and_cosine_are_part_of_the_ensembles_cache_key_when_on():
     settings = {k[len("dynamics_") :]: v for k, v in vars(mopo.Args()).items() if k.startswith("dynamics_")}
     data = pendulum_data(100)
     plain = mopo.dynamics_fingerprint(data, {**settings, "bf16": False}, 0)
     assert plain != mopo.dynamics_fingerprint(data, {**settings, "bf16": True}, 0)
-    assert "bf16" in mopo.dynamics_settings(mopo.Args())
+    # left out while off, so ensembles cached before the option existed still match
+    assert "bf16" not in mopo.dynamics_settings(mopo.Args())
+    assert mopo.dynamics_settings(mopo.Args(dynamics_bf16=True))["bf16"] is True
+    assert "cosine_epochs" not in mopo.dynamics_settings(mopo.Args())
+    assert mopo.dynamics_settings(mopo.Args(dynamics_cosine_epochs=100))["cosine_epochs"] == 100
+
+
+def test_cosine_schedule_anneals_the_learning_rate_and_ends_training():
+    """--dynamics-cosine-epochs C: epoch e trains at lr · (0.02 + 0.49 (1 + cos(π (e - 1) / C))), from
+    lr down to about 2 % of it, and training ends after epoch C even while members still improve."""
+    data = pendulum_data(500)
+    torch.manual_seed(0)
+    model = mopo.EnsembleDynamics(3, 1, hidden_dim=16, hidden_layers=2)
+    seen = []
+    step = torch.optim.Adam.step
+
+    def record(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.Adam, "step", record)
+        log = mopo.train_dynamics(model, data, batch_size=400, lr=1e-2, holdout_size=100, patience=50, cosine_epochs=4)
+    assert log["epochs"] == 4
+    per_epoch = seen[:: len(seen) // 4]  # one minibatch per epoch here (400 training rows, batch 400)
+    expected = [1e-2 * (0.02 + 0.49 * (1 + np.cos(np.pi * e / 4))) for e in range(4)]
+    assert np.allclose(per_epoch, expected), (per_epoch, expected)
+    assert per_epoch[0] == pytest.approx(1e-2) and per_epoch[-1] < 0.2e-2
