@@ -106,11 +106,11 @@ def test_decoder_stays_in_the_action_box():
 def test_vae_learns_a_deterministic_behaviour():
     """Fitted on a(s) = tanh(s₀ - s₁), the VAE's clipped-latent samples land near the data's action."""
     torch.manual_seed(0)
-    vae = m.VAE(2, 1, 2, 64, 0.5, np.array([-1.0]), np.array([1.0]))
+    vae = m.VAE(2, 1, 2, 32, 0.5, np.array([-1.0]), np.array([1.0]))
     opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
     behaviour = lambda s: torch.tanh(s[:, :1] - s[:, 1:])  # noqa: E731
-    for _ in range(600):
-        obs = torch.randn(128, 2)
+    for _ in range(300):
+        obs = torch.randn(64, 2)
         loss = m.vae_loss_fn(vae, obs, behaviour(obs), 0.5)[0]
         opt.zero_grad()
         loss.backward()
@@ -118,7 +118,7 @@ def test_vae_learns_a_deterministic_behaviour():
     obs = torch.randn(500, 2)
     with torch.no_grad():
         error = (vae.sample(obs) - behaviour(obs)).abs().mean().item()
-    assert error < 0.08, error
+    assert error < 0.05, error  # 0.014 when written; 0.66 untrained
 
 
 # ---------------------------------------------------------------------------- the perturbation model
@@ -203,14 +203,21 @@ def test_actor_loss_trains_only_the_perturbation_and_raises_q1():
     torch.manual_seed(7)
     vae, actor, critic = small_nets(phi=0.5)
     obs = torch.randn(32, 3)
-    torch.manual_seed(8)
+    sampled = vae.sample(obs, torch.Generator().manual_seed(8)).detach()
+    vae.sample = lambda obs: sampled  # the loss's VAE samples, fixed
+
+    def q1_of_perturbed():
+        with torch.no_grad():
+            return critic.q1_frozen(obs, actor(obs, sampled)).mean()
+
+    before = q1_of_perturbed()
     loss = m.actor_loss_fn(actor, critic, vae, obs)
+    assert torch.isclose(loss, -before)
     loss.backward()
     assert all(p.grad is None for p in (*vae.parameters(), *critic.parameters()))
     assert all(p.grad is not None for p in actor.parameters())
     torch.optim.SGD(actor.parameters(), lr=0.1).step()
-    torch.manual_seed(8)  # the same VAE samples: a gradient step on -Q1 raises Q1 there
-    assert m.actor_loss_fn(actor, critic, vae, obs) < loss
+    assert q1_of_perturbed() > before  # a gradient step on the loss raises Q1 at the perturbed samples
 
 
 def test_select_actions_is_the_argmax_of_q1_over_the_samples_hand_case():
@@ -245,11 +252,12 @@ def test_bcq_beats_bc_and_the_data(tmp_path):
     256-256; the default 750/400-300 networks run ~14 updates/s here, too few for the budget).
 
     Runs made (1 thread on the shared 2-core machine), normalised score at 1000/2000/3000 updates:
-    BCQ seed 0: -4.9, 27.4, 54.4 (126 s of training under load, 67 s of CPU); BC seed 0 at the same
-    budget (its defaults): -1.4, 16.6, -1.5. SEED_RUNS. The paper's claim that BCQ
-    beats cloning on imperfect data holds here: the best of 10 perturbed VAE samples by Q1 lifts
-    the policy far above the mostly random data and above the clone. Thresholds: BCQ's best above
-    35, and above BC's best by 15. The seed is fixed at 0.
+    BCQ seed 0: -4.9, 27.4, 54.4 (67 s of CPU; 126 s of training under load); seed 1: -5.6, 27.1,
+    46.0; seed 2: -8.8, 29.1, 62.5. BC seed 0 at the same budget (its defaults): -1.4, 16.6, -1.5.
+    The paper's claim that BCQ beats cloning on imperfect data holds here: the best of 10 perturbed
+    VAE samples by Q1 lifts the policy far above the mostly random data and above the clone.
+    Thresholds: BCQ's best above 35 (every seed's is above 46), above BC's best by 15, and above the
+    data by 30. The seed is fixed at 0.
     On shipped/hopper-medium-replay (behaviour 11.1) the same networks for 10,000 updates scored
     14.5, 13.3, 13.7, 16.6 at 2.5k/5k/7.5k/10k (BC: best 14.4, tests/test_learning.py): too small
     a margin, at six times the cost, for a check.
