@@ -209,6 +209,31 @@ def cql_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, num_sampled: i
     )
 
 
+def bcq_macs(
+    obs_dim: int, act_dim: int, hidden: int, batch: int, hidden_dims=(400, 300), vae_hidden: int = 750, n: int = 10
+) -> int:
+    """algorithms/bcq.py at its own widths (VAE 750-750 with latent 2|A|, perturbation model and critics 400-300;
+    `hidden` is not used): a VAE step, a critic step whose target decodes, perturbs and values n samples per
+    next state, and a perturbation-model step, every update."""
+    latent = 2 * act_dim
+    decoder = lambda rows: mlp_macs([obs_dim + latent, vae_hidden, vae_hidden, act_dim], rows)  # noqa: E731
+    vae = (
+        mlp_macs([obs_dim + act_dim, vae_hidden, vae_hidden], batch) + 2 * batch * vae_hidden * latent + decoder(batch)
+    )
+    actor = lambda rows: mlp_macs([obs_dim + act_dim, *hidden_dims, act_dim], rows)  # noqa: E731
+    critic = lambda rows: 2 * mlp_macs([obs_dim + act_dim, *hidden_dims, 1], rows)  # noqa: E731  two members
+    return (
+        3 * vae  # VAE forward + backward (encoder, μ and log σ heads, decoder)
+        + decoder(batch * n)
+        + actor(batch * n)
+        + critic(batch * n)  # the target's n samples per s' (no grad)
+        + 3 * critic(batch)  # critics forward + backward
+        + decoder(batch)  # VAE samples at s for the perturbation model's loss (no grad)
+        + 3 * actor(batch)  # perturbation model forward + backward
+        + 2 * critic(batch) // 2  # critic.q1_frozen: member 0 only, forward + input gradients
+    )
+
+
 MACS_PER_UPDATE = {
     "bc": bc_macs,
     "td3_bc": td3_bc_macs,
@@ -218,6 +243,7 @@ MACS_PER_UPDATE = {
     "iql": iql_macs,
     "awac": awac_macs,
     "cql": cql_macs,
+    "bcq": bcq_macs,
 }  # scripts not listed get "n/a"
 
 
