@@ -234,6 +234,34 @@ def bcq_macs(
     )
 
 
+def bear_macs(
+    obs_dim: int,
+    act_dim: int,
+    hidden: int,
+    batch: int,
+    members: int = 2,
+    vae_hidden: int = 750,
+    mmd_samples: int = 4,
+    target_actions: int = 10,
+) -> int:
+    """algorithms/bear.py after its warm-up: VAE step, Q-ensemble step toward the soft clipped double-Q target
+    over `target_actions` actions of pi(s'), and the actor's MMD + Q step."""
+    latent = 2 * act_dim
+    encoder = mlp_macs([obs_dim + act_dim, vae_hidden, vae_hidden, 2 * latent], batch)
+    decoder = mlp_macs([obs_dim + latent, vae_hidden, vae_hidden, act_dim], batch)
+    actor = mlp_macs([obs_dim, hidden, hidden, 2 * act_dim], batch)  # mean and log-std; samples share it
+    critic = members * mlp_macs([obs_dim + act_dim, hidden, hidden, 1], batch)  # one batched pass
+    return (
+        3 * (encoder + decoder)  # VAE forward + backward on (s, a)
+        + mmd_samples * decoder  # VAE samples at s for the MMD (no grad)
+        + 1 * actor  # actor on s' (no grad): the target's actions
+        + target_actions * critic  # target Q-networks on (s', a'_j) (no grad)
+        + 3 * critic  # Q-networks forward + backward on (s, a)
+        + 3 * actor  # actor forward + backward on s
+        + 2 * critic  # critic.frozen on (s, a ~ pi(s)): forward + input gradients
+    )
+
+
 MACS_PER_UPDATE = {
     "bc": bc_macs,
     "td3_bc": td3_bc_macs,
@@ -244,6 +272,7 @@ MACS_PER_UPDATE = {
     "awac": awac_macs,
     "cql": cql_macs,
     "bcq": bcq_macs,
+    "bear": bear_macs,
 }  # scripts not listed get "n/a"
 
 
