@@ -262,6 +262,20 @@ def bear_macs(
     )
 
 
+def crr_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, num_samples: int = 4) -> int:
+    """algorithms/crr.py: Gaussian actor (mean and log-std heads) and one critic, both 2x256; the advantage's
+    baseline evaluates the critic on m = 4 policy actions per state in one batched pass."""
+    actor = mlp_macs([obs_dim, hidden, hidden], batch) + 2 * batch * hidden * act_dim
+    critic = mlp_macs([obs_dim + act_dim, hidden, hidden, 1], batch)  # num_critics = 1
+    return (
+        1 * actor  # target actor on s' (no grad): a' ~ pi_target(s')
+        + 1 * critic  # target critic on (s', a') (no grad)
+        + 3 * critic  # critic forward + backward on (s, a)
+        + 3 * actor  # actor forward + backward (its forward also gives the m samples)
+        + num_samples * critic  # critic on the m policy actions of every state (no grad)
+    )
+
+
 MACS_PER_UPDATE = {
     "bc": bc_macs,
     "td3_bc": td3_bc_macs,
@@ -273,6 +287,7 @@ MACS_PER_UPDATE = {
     "cql": cql_macs,
     "bcq": bcq_macs,
     "bear": bear_macs,
+    "crr": crr_macs,
 }  # scripts not listed get "n/a"
 
 
