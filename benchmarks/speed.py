@@ -276,6 +276,26 @@ def crr_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, num_samples: i
     )
 
 
+def awr_macs(
+    obs_dim: int,
+    act_dim: int,
+    hidden: int,
+    batch: int,
+    value_steps: int = 200,
+    policy_steps: int = 1000,
+    transitions: int = NUM_TRANSITIONS,
+) -> int:
+    """algorithms/awr.py at its own widths, 128 then 64 (the authors'; `hidden` is ignored): an iteration is
+    200 value steps and 1000 policy steps, plus three passes of V over the whole dataset (V(s') for the returns
+    of each phase, V(s) for the advantages), averaged per update."""
+    del hidden
+    value = mlp_macs([obs_dim, 128, 64, 1], batch)
+    actor = mlp_macs([obs_dim, 128, 64, act_dim], batch)
+    whole_data = 3 * mlp_macs([obs_dim, 128, 64, 1], transitions)  # no grad
+    iteration = value_steps * 3 * value + policy_steps * 3 * actor + whole_data  # forward + backward per step
+    return iteration // (value_steps + policy_steps)
+
+
 MACS_PER_UPDATE = {
     "bc": bc_macs,
     "td3_bc": td3_bc_macs,
@@ -288,7 +308,11 @@ MACS_PER_UPDATE = {
     "bcq": bcq_macs,
     "bear": bear_macs,
     "crr": crr_macs,
+    "awr": awr_macs,
 }  # scripts not listed get "n/a"
+# no matmul-only bound: the bound records 4 updates, but awr.py evaluates V over the whole dataset at the start
+# of every iteration of 1200 updates, which 4 recorded updates would count 300 times over
+NO_BOUND = {"awr"}
 
 
 # ---------------------------------------------------------------- measurements
@@ -503,6 +527,9 @@ def replay_seconds(calls: list, blocks: int = 5, block_seconds: float = 0.3) -> 
     """Time of one pass over the recorded products alone: the best of `blocks` timed blocks of
     as many passes as fill `block_seconds` (short passes alone are too noisy to time)."""
 
+    # the products alone, without autograd: a product recorded under no_grad (awr.py's V over the whole
+    # dataset) cannot even be replayed with grad enabled once its weights have been stepped in place
+    @torch.no_grad()
     def passes(n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
@@ -699,7 +726,7 @@ def main():
             counter = MACS_PER_UPDATE.get(name)
             gflop = 2 * counter(OBS_DIM, ACT_DIM, HIDDEN, 256) / 1e9 if counter else None
             bound = None
-            if device.type == "cpu" and counter and not args.no_bound:
+            if device.type == "cpu" and counter and name not in NO_BOUND and not args.no_bound:
                 bound = matmul_bound_in_child(name, script, dataset, args.threads)
             rows.append(
                 {"name": name, "updates_per_second": result["updates_per_second"], "gflop": gflop, "bound": bound}

@@ -303,10 +303,10 @@ def test_speed_table(tmp_path):
     assert speed.mlp_macs([11, 256, 256, 3], 256) == 256 * (11 * 256 + 256 * 256 + 256 * 3)
 
 
-@pytest.mark.parametrize("script, cells", [("benchmarks/cpu/run.sh", 84), ("benchmarks/d4rl.sh", 120)])
+@pytest.mark.parametrize("script, cells", [("benchmarks/cpu/run.sh", 90), ("benchmarks/d4rl.sh", 120)])
 def test_one_command_benchmarks_list_their_grid(tmp_path, script, cells):
     """The one-command benchmarks (CPU tables, full D4RL tables) expand to the grid they promise:
-    CPU: 14 algorithms x 2 shipped datasets x 3 seeds; D4RL (bc and td3_bc here): 15 datasets x 4 seeds
+    CPU: 15 algorithms x 2 shipped datasets x 3 seeds; D4RL (bc and td3_bc here): 15 datasets x 4 seeds
     x 2 algorithms with every cell's per-dataset config found."""
     env = ENV | {"PYTHON": sys.executable, "RUNS_DIR": str(tmp_path / "runs"), "ALGOS": "bc td3_bc"}
     done = subprocess.run(["bash", script, "--dry-run"], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)

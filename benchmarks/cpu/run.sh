@@ -9,14 +9,14 @@ set -euo pipefail
 python=${PYTHON:-python}
 runs=${RUNS_DIR:-runs/cpu}
 out=${OUT_DIR:-benchmarks/results/cpu}
-algos="cql bcq bear mopo morel mbpo sac_n awac iql edac td3_bc rebrac crr bc"
+algos="cql bcq bear mopo morel mbpo sac_n awac iql edac td3_bc rebrac crr awr bc"
 datasets="shipped/pendulum-medium-replay shipped/pendulum-medium"
 start=$(date +%s)
 "$python" benchmarks/run.py --algos $algos --datasets $datasets --seeds 0 1 2 \
     --configs-dir benchmarks/cpu/configs --runs-dir "$runs" --workers 2 --threads 1 --device cpu "$@"
 [[ " $* " == *" --dry-run "* ]] && exit 0
 minutes=$(( ($(date +%s) - start) / 60 ))
-"$python" benchmarks/report.py "$runs" --out "$out" --algos bc td3_bc iql awac crr cql bcq bear sac_n edac rebrac mopo morel mbpo --datasets $datasets
+"$python" benchmarks/report.py "$runs" --out "$out" --algos bc td3_bc iql awac crr awr cql bcq bear sac_n edac rebrac mopo morel mbpo --datasets $datasets
 mkdir -p "$out"
 {
     echo "# How these tables were made"
