@@ -1390,7 +1390,7 @@ def train_dynamics(
 
     best = holdout_mse()
     snapshot = [p.detach().clone() for p in member_params]
-    epoch, stale, history = 0, 0, []
+    epoch, stale, history, seconds, start_time = 0, 0, [], [], time.time()
     bar = tqdm(desc="dynamics", unit="epoch", mininterval=2)
     while True:
         epoch += 1
@@ -1415,6 +1415,7 @@ def train_dynamics(
         else:
             stale += 1
         history.append(mse.tolist())
+        seconds.append(time.time() - start_time)
         bar.update(1)
         bar.set_postfix(holdout_mse=f"{mse.mean().item():.4f}")
         if stale >= patience or (max_epochs and epoch >= max_epochs) or (cosine_epochs and epoch >= cosine_epochs):
@@ -1424,7 +1425,14 @@ def train_dynamics(
         for p, s in zip(member_params, snapshot):
             p.copy_(s)
         model.elite_idx.copy_(torch.argsort(best)[: model.num_elites])
-    return {"epochs": epoch, "holdout_mse": best.tolist(), "elites": model.elite_idx.tolist(), "history": history}
+    # history: each member's holdout MSE after every epoch; seconds: the time at the end of every epoch
+    return {
+        "epochs": epoch,
+        "holdout_mse": best.tolist(),
+        "elites": model.elite_idx.tolist(),
+        "history": history,
+        "seconds": seconds,
+    }
 
 
 def dynamics_settings(args) -> dict:
