@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bf16", action="store_true", help="--dynamics-bf16")
     parser.add_argument("--lr", type=float, default=1e-3, help="--dynamics-lr")
+    parser.add_argument("--max-epochs", type=int, default=0, help="--dynamics-max-epochs (0: the authors' stop)")
     parser.add_argument("--cosine-epochs", type=int, default=0, help="--dynamics-cosine-epochs")
     parser.add_argument("--cache-dir", default="runs/cpu-hopper/dynamics")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.003, 0.0025, 0.0019])
@@ -61,6 +62,7 @@ def main() -> None:
         dynamics_bf16=a.bf16,
         dynamics_lr=a.lr,
         dynamics_cosine_epochs=a.cosine_epochs,
+        dynamics_max_epochs=a.max_epochs,
         threads=a.threads,
         device="cpu",
     )
@@ -90,7 +92,7 @@ def main() -> None:
     per_epoch = seconds[-1] / len(seconds)
     row = (
         f"| {a.dataset} | {a.threads} | {'bf16' if a.bf16 else 'fp32'} | {a.lr:g}"
-        f"{f', cosine {a.cosine_epochs}' if a.cosine_epochs else ''} | {len(curve)} | {seconds[-1] / 60:.1f} | "
+        f"{f', cosine {a.cosine_epochs}' if a.cosine_epochs else ''}{f', cap {a.max_epochs}' if a.max_epochs else ''} | {len(curve)} | {seconds[-1] / 60:.1f} | "
         f"{per_epoch:.2f} | {curve[-1]:.4f} | " + " | ".join(reached) + " |"
     )
     header = (
@@ -104,7 +106,12 @@ def main() -> None:
     new = not os.path.exists(a.out)
     with open(a.out, "a") as f:
         if new:
-            cpu = platform.processor() or platform.machine()
+            cpu = platform.machine()
+            if os.path.exists("/proc/cpuinfo"):
+                names = [
+                    line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+                ]
+                cpu = f"{names[0]}, {len(names)} logical CPUs" if names else cpu
             f.write(f"# Time to a trained ensemble (benchmarks/dynamics_time.py; torch {torch.__version__}, {cpu})\n\n")
             f.write(header + "\n")
         f.write(row + "\n")
