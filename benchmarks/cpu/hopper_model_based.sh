@@ -7,6 +7,9 @@
 # cache is shared). The ensemble trains with --dynamics-bf16 (README: "Training the ensemble").
 # From the project root:
 #     bash benchmarks/cpu/hopper_model_based.sh          # seed 0; SEEDS="0 1 2" for three
+# ALGOS, DATASETS pick a part; a variant runs into its own folders, on the same ensembles:
+#     RUNS_DIR=runs/cpu-hopper-epistemic OUT_DIR=benchmarks/results/cpu/hopper_mopo_epistemic ALGOS=mopo \
+#         EXTRA_ARGS="--uncertainty epistemic" bash benchmarks/cpu/hopper_model_based.sh
 # Finished runs are skipped when it is called again. Tables, curves and the ensembles' training
 # logs go to benchmarks/results/cpu/hopper_model_based/.
 set -euo pipefail
@@ -16,6 +19,9 @@ out=${OUT_DIR:-benchmarks/results/cpu/hopper_model_based}
 seeds=${SEEDS:-0}
 updates=${NUM_UPDATES:-100000}
 algos=${ALGOS:-mopo morel mbpo}
+dynamics=${DYNAMICS_DIR:-runs/cpu-hopper/dynamics}  # one ensemble per dataset and seed, shared by every run
+read -r -a extra <<<"${EXTRA_ARGS:-}"  # more options for every run (a variant: its own RUNS_DIR and OUT_DIR)
+datasets=${DATASETS:-hopper-medium-replay hopper-medium}
 lane() {  # $1: dataset name (hopper-medium-replay | hopper-medium)
     for seed in $seeds; do
         for algo in $algos; do
@@ -27,21 +33,20 @@ lane() {  # $1: dataset name (hopper-medium-replay | hopper-medium)
             t0=$(date +%s)
             OMP_NUM_THREADS=1 "$python" algorithms/$algo.py "${config[@]}" --dataset "shipped/$1" --seed "$seed" \
                 --num-updates "$updates" --dynamics-bf16 --threads 1 --device cpu --runs-dir "$runs" \
-                --dynamics-cache-dir "$runs/dynamics" >"$runs/logs/$algo-$1-$seed.log" 2>&1 || true
+                --dynamics-cache-dir "$dynamics" "${extra[@]}" >"$runs/logs/$algo-$1-$seed.log" 2>&1 || true
             echo "$algo shipped/$1 seed $seed: $(( ($(date +%s) - t0) / 60 )) min" >>"$runs/logs/durations.txt"
         done
     done
 }
 mkdir -p "$runs/logs" "$out"
 start=$(date +%s)
-lane hopper-medium-replay &
-lane hopper-medium &
+for dataset in $datasets; do lane "$dataset" & done
 wait
 echo "runs took $(( ($(date +%s) - start) / 60 )) min"
 "$python" benchmarks/report.py "$runs" --out "$out" --algos $algos \
-    --datasets shipped/hopper-medium-replay shipped/hopper-medium
+    --datasets $(printf 'shipped/%s ' $datasets)
 cp "$runs/logs/durations.txt" "$out/durations.txt"
-"$python" - "$runs/dynamics" "$out/dynamics.md" <<'EOF'
+"$python" - "$dynamics" "$out/dynamics.md" <<'EOF'
 # the ensembles' training logs: epochs, minutes, holdout MSE (mean over the elites, as OfflineRL-Kit reports it)
 import glob, sys
 import numpy as np, torch
@@ -57,7 +62,7 @@ EOF
 {
     echo "# How these tables were made"
     echo
-    echo "- Command: \`SEEDS=\"$seeds\" bash benchmarks/cpu/hopper_model_based.sh\`, last call took $(( ($(date +%s) - start) / 60 )) min"
+    echo "- Command: \`SEEDS=\"$seeds\" ALGOS=\"$algos\" DATASETS=\"$datasets\" EXTRA_ARGS=\"${EXTRA_ARGS:-}\" bash benchmarks/cpu/hopper_model_based.sh\`, last call took $(( ($(date +%s) - start) / 60 )) min"
     echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; two lanes, one thread each"
