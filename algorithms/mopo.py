@@ -133,7 +133,8 @@ class Args:
     penalty_coef: float = 1.0
     """λ in Eq. 5: reward penalty per unit of uncertainty"""
     uncertainty: str = "aleatoric"
-    """u(s, a): "aleatoric" (max std norm, the paper) or "epistemic" (ensemble disagreement)"""
+    """u(s, a): "aleatoric" (max std norm, the paper), "epistemic" (ensemble disagreement) or "pairwise" (the
+    largest distance of two members' next states in data-std units, Lu et al. 2022; see uncertainty_of)"""
     # SAC
     batch_size: int = 256
     """SAC minibatch size"""
@@ -190,17 +191,25 @@ class Args:
 LIMITS = {"penalty_coef": "[0, inf)"}
 
 
-def uncertainty_of(mean: torch.Tensor, std: torch.Tensor, kind: str) -> torch.Tensor:
+def uncertainty_of(
+    mean: torch.Tensor, std: torch.Tensor, kind: str, obs_std: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """u(s, a) from every member's predicted mean and std of [Δobs, reward] ([members, batch, dims]).
 
     aleatoric: the largest norm of a member's predicted std, over all members (not only the elites)
     and all outputs, as tianheyu927/mopo and OfflineRL-Kit compute it (the per-dataset λ were tuned so);
     epistemic: the largest distance of a member's next-state mean from the members' mean (the reward
-    dimension left out: on tasks with large rewards it would dominate).
+    dimension left out: on tasks with large rewards it would dominate);
+    pairwise: the largest distance between two members' next-state means, each dimension in units of the
+    data's observation std (`obs_std`), the epistemic measure of Lu et al. 2022 (Mr-Pepe/offline-model-based-rl,
+    environment_model.py), in which their tuned λ are given (hopper-medium: 35 at h 15).
     """
     if kind == "aleatoric":
         return std.norm(dim=-1).amax(0)
     next_mean = mean[..., :-1]
+    if kind == "pairwise":
+        scaled = (next_mean / obs_std).transpose(0, 1)  # [batch, members, obs_dim]
+        return torch.cdist(scaled, scaled).amax((1, 2))
     return (next_mean - next_mean.mean(0)).norm(dim=-1).amax(0)
 
 
@@ -224,7 +233,7 @@ def rollout(
     for _ in range(horizon):
         actions, _ = actor(obs)
         next_obs, reward, mean, std = model.step(obs, actions, all_members=True)  # sampled from an elite
-        u = uncertainty_of(mean, std, uncertainty)
+        u = uncertainty_of(mean, std, uncertainty, model.input_std[: model.obs_dim])
         done = done_fn(next_obs)
         steps.append((obs, actions, penalized_reward(reward, u, penalty_coef), next_obs, done.float(), u, reward))
         obs = next_obs[~done]
@@ -242,8 +251,8 @@ def rollout(
 
 def main():
     args = parse_args(Args, LIMITS)
-    if args.uncertainty not in ("aleatoric", "epistemic"):
-        sys.exit(f"error: --uncertainty must be aleatoric or epistemic, not {args.uncertainty!r}")
+    if args.uncertainty not in ("aleatoric", "epistemic", "pairwise"):
+        sys.exit(f"error: --uncertainty must be aleatoric, epistemic or pairwise, not {args.uncertainty!r}")
     set_seed(args.seed)
     device = pick_device(args.device, args.threads)
     try:

@@ -346,3 +346,17 @@ def test_cosine_schedule_anneals_the_learning_rate_and_ends_training():
     expected = [1e-2 * (0.02 + 0.49 * (1 + np.cos(np.pi * e / 4))) for e in range(4)]
     assert np.allclose(per_epoch, expected), (per_epoch, expected)
     assert per_epoch[0] == pytest.approx(1e-2) and per_epoch[-1] < 0.2e-2
+
+
+def test_pairwise_uncertainty_is_the_largest_member_distance_in_data_std_units():
+    """Three members' next-state means (reward last, left out) for two rows; per-dimension data std (2, 0.25).
+    Row 0: members at (0, 0), (2, 0), (0, 1) -> in std units (0, 0), (1, 0), (0, 4): the largest pair is
+    (1, 0)-(0, 4), sqrt(17) (unscaled it would be sqrt(5)). Row 1: all equal -> 0."""
+    mean = torch.zeros(3, 2, 3)
+    mean[1, 0, :2] = torch.tensor([2.0, 0.0])
+    mean[2, 0, :2] = torch.tensor([0.0, 1.0])
+    mean[..., 2] = torch.tensor([[5.0, 1.0], [-5.0, 1.0], [0.0, 1.0]])  # rewards disagree: must not count
+    u = mopo.uncertainty_of(mean, torch.ones_like(mean), "pairwise", torch.tensor([2.0, 0.25]))
+    assert u.shape == (2,)
+    assert u[0].item() == pytest.approx(np.sqrt(17.0), abs=1e-5)
+    assert u[1].item() == pytest.approx(0.0, abs=1e-6)
