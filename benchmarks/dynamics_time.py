@@ -90,10 +90,11 @@ def main() -> None:
         hit = np.flatnonzero(curve <= target)
         reached.append(f"{hit[0] + 1} ep / {seconds[hit[0]] / 60:.1f} min" if len(hit) else "not reached")
     per_epoch = seconds[-1] / len(seconds)
+    recipe = f"{a.lr:g}" + (f", cosine {a.cosine_epochs}" if a.cosine_epochs else "")
+    recipe += f", cap {a.max_epochs}" if a.max_epochs else ""
     row = (
-        f"| {a.dataset} | {a.threads} | {'bf16' if a.bf16 else 'fp32'} | {a.lr:g}"
-        f"{f', cosine {a.cosine_epochs}' if a.cosine_epochs else ''}{f', cap {a.max_epochs}' if a.max_epochs else ''} | {len(curve)} | {seconds[-1] / 60:.1f} | "
-        f"{per_epoch:.2f} | {curve[-1]:.4f} | " + " | ".join(reached) + " |"
+        f"| {a.dataset} | {a.threads} | {'bf16' if a.bf16 else 'fp32'} | {recipe} | {len(curve)} | "
+        f"{seconds[-1] / 60:.1f} | {per_epoch:.2f} | {curve[-1]:.4f} | " + " | ".join(reached) + " |"
     )
     header = (
         "| dataset | threads | precision | lr | epochs | minutes | s / epoch | final elite MSE | "
