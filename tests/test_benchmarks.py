@@ -314,3 +314,21 @@ def test_one_command_benchmarks_list_their_grid(tmp_path, script, cells):
     planned = [line for line in done.stdout.splitlines() if line.startswith("# ") and ": new" in line]
     assert len(planned) == cells, done.stdout[-2000:]
     assert all("config: benchmarks/" in line for line in planned)
+
+
+def test_dynamics_time_reports_when_each_target_was_reached_and_reuses_the_cache(tmp_path):
+    """benchmarks/dynamics_time.py: one row per call with epochs, minutes and the first epoch at each target;
+    the ensemble it trains is the cache file the model-based scripts read, so a second call trains nothing."""
+    out, cache = tmp_path / "time.md", tmp_path / "dynamics"
+    command = [sys.executable, "benchmarks/dynamics_time.py", "--dataset", "shipped/pendulum-medium-replay"]
+    command += ["--max-epochs", "4", "--cache-dir", str(cache), "--out", str(out), "--targets", "1e9", "1e-12"]
+    first = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "dynamics: trained 4 epochs" in first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert second.returncode == 0 and "dynamics: reusing" in second.stdout
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| shipped/")]
+    assert len(rows) == 2 and rows[0].split("|")[5].strip() == "4"  # epochs
+    assert rows[0].split("|")[-3].strip() == "1 ep / 0.0 min"  # a target every epoch meets: the first
+    assert rows[0].split("|")[-2].strip() == "not reached"
+    assert len(list(cache.glob("*.pt"))) == 1
