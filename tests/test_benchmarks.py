@@ -236,7 +236,9 @@ def test_published_scores_file():
                 assert isinstance(mean, float) and (std is None or isinstance(std, float))
 
 
-@pytest.mark.parametrize("folder", ["benchmarks/configs", "benchmarks/cpu/configs"])
+@pytest.mark.parametrize(
+    "folder", ["benchmarks/configs", "benchmarks/cpu/configs", "benchmarks/variants/mopo_pairwise"]
+)
 def test_every_config_names_its_dataset_and_only_fields_the_script_has(folder):
     """A typo in a config key would make its script exit (pyrallis refuses unknown keys) only when
     the sweep reaches that cell; this finds it now. benchmarks/configs/check.sh goes further (it
