@@ -8,8 +8,9 @@
 # From the project root:
 #     bash benchmarks/cpu/hopper_model_based.sh          # seed 0; SEEDS="0 1 2" for three
 # ALGOS, DATASETS pick a part; a variant runs into its own folders, on the same ensembles:
-#     RUNS_DIR=runs/cpu-hopper-epistemic OUT_DIR=benchmarks/results/cpu/hopper_mopo_epistemic ALGOS=mopo \
-#         EXTRA_ARGS="--uncertainty epistemic" bash benchmarks/cpu/hopper_model_based.sh
+#     RUNS_DIR=runs/cpu-hopper-pairwise OUT_DIR=benchmarks/results/cpu/hopper_mopo_pairwise ALGOS=mopo \
+#         CONFIGS_DIR=benchmarks/variants/mopo_pairwise bash benchmarks/cpu/hopper_model_based.sh
+# (EXTRA_ARGS="..." adds options to every run.)
 # Finished runs are skipped when it is called again. Tables, curves and the ensembles' training
 # logs go to benchmarks/results/cpu/hopper_model_based/.
 set -euo pipefail
@@ -22,6 +23,7 @@ algos=${ALGOS:-mopo morel mbpo}
 dynamics=${DYNAMICS_DIR:-runs/cpu-hopper/dynamics}  # one ensemble per dataset and seed, shared by every run
 read -r -a extra <<<"${EXTRA_ARGS:-}"  # more options for every run (a variant: its own RUNS_DIR and OUT_DIR)
 datasets=${DATASETS:-hopper-medium-replay hopper-medium}
+configs=${CONFIGS_DIR:-benchmarks/configs}  # per-dataset settings: <configs>/<algo>/<dataset>-v2.yaml
 lane() {  # $1: dataset name (hopper-medium-replay | hopper-medium)
     for seed in $seeds; do
         for algo in $algos; do
@@ -29,7 +31,7 @@ lane() {  # $1: dataset name (hopper-medium-replay | hopper-medium)
                 continue  # finished earlier
             fi
             config=()
-            [[ -f benchmarks/configs/$algo/$1-v2.yaml ]] && config=(--config "benchmarks/configs/$algo/$1-v2.yaml")
+            [[ -f $configs/$algo/$1-v2.yaml ]] && config=(--config "$configs/$algo/$1-v2.yaml")
             t0=$(date +%s)
             OMP_NUM_THREADS=1 "$python" algorithms/$algo.py "${config[@]}" --dataset "shipped/$1" --seed "$seed" \
                 --num-updates "$updates" --dynamics-bf16 --threads 1 --device cpu --runs-dir "$runs" \
@@ -62,7 +64,7 @@ EOF
 {
     echo "# How these tables were made"
     echo
-    echo "- Command: \`SEEDS=\"$seeds\" ALGOS=\"$algos\" DATASETS=\"$datasets\" EXTRA_ARGS=\"${EXTRA_ARGS:-}\" bash benchmarks/cpu/hopper_model_based.sh\`, last call took $(( ($(date +%s) - start) / 60 )) min"
+    echo "- Command: \`SEEDS=\"$seeds\" ALGOS=\"$algos\" DATASETS=\"$datasets\" CONFIGS_DIR=\"$configs\" EXTRA_ARGS=\"${EXTRA_ARGS:-}\" bash benchmarks/cpu/hopper_model_based.sh\`, last call took $(( ($(date +%s) - start) / 60 )) min"
     echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; two lanes, one thread each"
