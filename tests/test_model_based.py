@@ -63,6 +63,10 @@ def test_mopo_penalty_is_over_all_members_not_only_the_elites():
     (obs, _, rewards, next_obs, _), stats = mopo.rollout(model, actor, torch.zeros(4, 1), 1, never, 1.0, "aleatoric")
     assert stats["rollout/uncertainty"].item() == pytest.approx(3.0 * np.sqrt(2), rel=1e-4)
     assert (next_obs.abs() < 1).all()  # sampled from the elites (mean 0), not from the member at 50
+    # the pairwise measure through the same rollout: it divides by the model's observation std (input_std)
+    model.input_std.copy_(torch.tensor([2.0, 1.0]))
+    _, stats = mopo.rollout(model, actor, torch.zeros(4, 1), 1, never, 1.0, "pairwise")
+    assert stats["rollout/uncertainty"].item() == pytest.approx(50.0 / 2.0, rel=1e-4)  # members 0 and 2, Δs 50
 
 
 def write_file_without_next_observations(path, n_episodes=60, length=10):
