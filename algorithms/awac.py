@@ -10,11 +10,19 @@ advantage A(s, a) = Q(s, a) - E_{ã~π}[Q(s, ã)] taken from a twin Q-function t
 TD learning toward Q̂(s', a'), a' ~ π(s'). The policy never has to leave the data's support to
 be improved, which is what makes it work offline (and then online, the paper's point).
 
-Settings follow the authors' code (rail-berkeley/rlkit, examples/awac/mujoco/awac1.py): batch 1024,
-a Gaussian actor of 4x256 with a state-independent std, twin Q-functions of 2x256, Adam 3e-4,
-weight decay 1e-4 on the actor, λ = 1. The weights are exp(A / λ) clipped at 100 as in CORL's
-port (tinkoff-ai/CORL, algorithms/offline/awac.py); rlkit's default (rlkit/torch/sac/awac_trainer.py)
-instead normalises them with a softmax over the batch.
+Settings: CORL's (corl-team/CORL, algorithms/offline/awac.py and configs/offline/awac/, commit
+eeeeef2), whose reprocessed scores (commit 44a9da4) benchmarks/published_scores.yaml quotes:
+λ = 1/3 on every Gym-MuJoCo dataset, weights exp(A / λ) clipped at 100, batch 256, actor and
+twin Q-functions of 3x256, Adam 3e-4 without weight decay, standardised observations, 1M updates,
+an evaluation every 1000. The authors' setting (rail-berkeley/rlkit, commit ac45a9d:
+examples/awac/mujoco/awac1.py and rlkit/torch/sac/awac_trainer.py) is one config file away
+(benchmarks/configs/awac/variants/rlkit.yaml): weights softmax(A / λ) over the minibatch times
+its size, no clip (--weight-form batch_softmax), λ = 2 (its search space's beta), a 4x256 actor,
+2x256 Q-functions, actor weight decay 1e-4, raw observations, and its offline phase of 50,000
+updates at batch 128 (its batch 1024 is the online phase's).
+Left as rlkit has them in both settings: the actor (a tanh-bounded mean and a state-independent
+log σ = -6 + 6 sigmoid(ℓ); CORL's has an unbounded mean and log σ a free parameter clamped to
+[-20, 2]) and the advantage taken from the Q-functions before this step's update (CORL's after).
 
 Example:
     python algorithms/awac.py --dataset shipped/hopper-medium-replay --num-updates 50000
@@ -23,8 +31,8 @@ Logged (tensorboard, in the run directory):
     losses/critic_loss                squared TD error of the two Q-functions, summed over both
     losses/actor_loss                 weighted regression loss -E[log π(a | s) exp(A(s, a) / λ)]
     values/q_mean                     mean Q(s, a) of both Q-functions on the minibatch's (s, a)
-    values/weight_mean                mean weight min(exp(A / λ), max_weight)
-    values/weight_clipped_fraction    fraction of the weights clipped at max_weight
+    values/weight_mean                mean weight (min(exp(A / λ), max_weight); 1 under batch_softmax)
+    values/weight_clipped_fraction    fraction of the weights clipped at max_weight (0 under batch_softmax)
     charts/policy_std                 the actor's state-independent σ (in action units), averaged over dimensions
     eval/return                       mean return of the evaluation episodes
     eval/normalized_score             their mean D4RL normalised score
@@ -68,32 +76,35 @@ class Args:
     """seed of python, numpy, torch and the evaluation environments"""
     num_updates: int = 1_000_000
     """gradient updates (each updates the actor and both Q-functions once)"""
-    batch_size: int = 1024
-    """minibatch size (the authors' rail-berkeley/rlkit examples/awac/mujoco/awac1.py; CORL's port uses 256)"""
+    batch_size: int = 256
+    """minibatch size (CORL; the authors' rail-berkeley/rlkit awac1.py: 128 offline, 1024 online)"""
     actor_lr: float = 3e-4
     """Adam learning rate of the actor"""
     critic_lr: float = 3e-4
     """Adam learning rate of the two Q-functions"""
-    actor_weight_decay: float = 1e-4
-    """L2 weight decay of the actor's Adam (policy_weight_decay in the authors' rail-berkeley/rlkit awac1.py)"""
+    actor_weight_decay: float = 0.0
+    """L2 weight decay of the actor's Adam (none in CORL; policy_weight_decay 1e-4 in the authors' rlkit awac1.py)"""
     hidden_dim: int = 256
     """width of the hidden layers of actor and critics"""
-    actor_layers: int = 4
-    """hidden layers of the actor (4 in the authors' rail-berkeley/rlkit awac1.py; CORL's port uses 3)"""
-    critic_layers: int = 2
-    """hidden layers of each Q-function (2 in the authors' rail-berkeley/rlkit awac1.py; CORL's port uses 3)"""
+    actor_layers: int = 3
+    """hidden layers of the actor (3 in CORL; 4 in the authors' rlkit awac1.py)"""
+    critic_layers: int = 3
+    """hidden layers of each Q-function (3 in CORL; 2 in the authors' rlkit awac1.py)"""
     gamma: float = 0.99
     """discount γ"""
     tau: float = 0.005
     """target smoothing coefficient τ"""
-    awac_lambda: float = 1.0
-    """λ of the weights exp(A / λ): the Lagrange multiplier of the KL constraint; smaller trusts the advantage more"""
+    awac_lambda: float = 0.3333
+    """λ of the weights exp(A / λ): the Lagrange multiplier of the KL constraint; smaller trusts the advantage more
+    (0.3333 in every CORL config; beta 2 in the authors' rlkit awac1.py search space)"""
+    weight_form: str = "exp"
+    """exp: exp(A / λ) clipped at max_weight (CORL); batch_softmax: softmax of A / λ over the minibatch times its
+    size, no clip (rlkit's awac_trainer.py, normalize_over_batch)"""
     max_weight: float = 100.0
-    """clip of the weights exp(A / λ) (CORL's exp_adv_max)"""
-    normalize_observations: bool = False
-    """standardise observations with the dataset's mean and std (the authors' rail-berkeley/rlkit does not; CORL
-    does)"""
-    eval_every: int = 5_000
+    """clip of the weights exp(A / λ) (CORL's exp_adv_max; unused by batch_softmax)"""
+    normalize_observations: bool = True
+    """standardise observations with the dataset's mean and std (CORL does; the authors' rlkit does not)"""
+    eval_every: int = 1_000
     """updates between evaluations"""
     eval_episodes: int = 10
     """episodes per evaluation (vectorised environment, deterministic policy)"""
@@ -120,6 +131,7 @@ class Args:
 # Ranges of this method's own settings, checked with the general rules of the config block
 # (counts >= 1, learning rates > 0, γ in (0, 1], fractions in [0, 1]) before anything runs.
 LIMITS = {"awac_lambda": "(0, inf)", "max_weight": "(0, inf)", "actor_weight_decay": "[0, inf)"}
+CHOICES = {"weight_form": ("exp", "batch_softmax")}
 
 
 def mlp(in_dim: int, hidden_dim: int, layers: int) -> list[nn.Module]:
@@ -193,9 +205,14 @@ def critic_loss_fn(critic, critic_target, actor, batch, gamma: float):
     return ((q - target_q) ** 2).mean(1).sum(), q
 
 
-def awac_weights(q_data: torch.Tensor, q_policy: torch.Tensor, awac_lambda: float, max_weight: float) -> torch.Tensor:
-    """exp(A / λ) with A(s, a) = Q(s, a) - Q(s, ã), ã ~ π(s), a one-sample estimate of Q - V; clipped at
-    `max_weight`."""
+def awac_weights(
+    q_data: torch.Tensor, q_policy: torch.Tensor, awac_lambda: float, max_weight: float, weight_form: str = "exp"
+) -> torch.Tensor:
+    """The weights of the data's actions from A(s, a) = Q(s, a) - Q(s, ã), ã ~ π(s), a one-sample estimate of
+    Q - V. exp: exp(A / λ) clipped at `max_weight` (CORL). batch_softmax: softmax(A / λ) over the minibatch times
+    its size, so that they average 1 (rlkit); exp(A / λ) normalised by its batch mean, with no clip."""
+    if weight_form == "batch_softmax":
+        return torch.softmax((q_data - q_policy) / awac_lambda, dim=0) * q_data.shape[0]
     return torch.exp((q_data - q_policy) / awac_lambda).clamp(max=max_weight)
 
 
@@ -205,7 +222,7 @@ def actor_loss_fn(log_prob: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 
 
 def main():
-    args = parse_args(Args, LIMITS)
+    args = parse_args(Args, LIMITS, CHOICES)
     set_seed(args.seed)
     device = pick_device(args.device, args.threads)
     try:
@@ -213,12 +230,7 @@ def main():
     except DatasetError as e:
         sys.exit(f"error: {e}")
     obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
-    obs_mean, obs_std = (
-        observation_stats(data)
-        if args.normalize_observations
-        else (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
-    )
-    normalize_observations(data, obs_mean, obs_std)
+    obs_mean, obs_std = standardize_observations(data, args.normalize_observations)
     probe = data.make_env()
     actor = Actor(
         obs_dim, act_dim, args.hidden_dim, args.actor_layers, probe.action_space.low, probe.action_space.high
@@ -236,7 +248,7 @@ def main():
         # the advantage, from the critic before this step (as the authors' rail-berkeley/rlkit awac_trainer.py)
         with torch.no_grad():
             q_policy = critic(obs, actor.sample(mean)).min(0).values
-            weights = awac_weights(q.min(0).values, q_policy, args.awac_lambda, args.max_weight)
+            weights = awac_weights(q.min(0).values, q_policy, args.awac_lambda, args.max_weight, args.weight_form)
         actor_loss = actor_loss_fn(gaussian_log_prob(mean, actor.log_std(), actions), weights)
         # the two losses share no parameters: one backward pass, then each optimiser steps
         critic_opt.zero_grad(set_to_none=True)
@@ -252,7 +264,7 @@ def main():
             "losses/actor_loss": actor_loss.detach(),
             "values/q_mean": q.detach().mean(),
             "values/weight_mean": weights.mean(),
-            "values/weight_clipped_fraction": (weights == args.max_weight).float().mean(),
+            "values/weight_clipped_fraction": (weights == args.max_weight).float().mean() * (args.weight_form == "exp"),
         }
 
     if args.compile:
@@ -317,9 +329,10 @@ RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every",
 RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
 
 
-def parse_args(args_cls, limits: Optional[dict] = None):
+def parse_args(args_cls, limits: Optional[dict] = None, choices: Optional[dict] = None):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume),
-    then every value checked (check_args) before anything is loaded or written.
+    then every value checked (check_args; `choices`: the values each str option may take) before
+    anything is loaded or written.
 
     Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
     """
@@ -380,6 +393,9 @@ def parse_args(args_cls, limits: Optional[dict] = None):
                 "start a new run"
             )
     problem = check_args(args, hints, limits or {})
+    for name, allowed in (choices or {}).items():
+        if problem is None and getattr(args, name) not in allowed:
+            problem = f"--{name.replace('_', '-')} {getattr(args, name)!r} is not one of {', '.join(allowed)}"
     if problem:
         sys.exit(f"error: {problem}")
     if getattr(args, "resume", None):
@@ -663,7 +679,8 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
 #   D4RL        hopper-medium-replay-v2   hdf5 from $D4RL_DATASET_DIR or ~/.d4rl/datasets
 #                                         (downloaded when absent), evaluated on Gymnasium v4
 #   Minari      mujoco/hopper/medium-v0   through the minari package
-#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
+#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score and,
+#                                         optionally, env_kwargs and reward_scaling (see REWARD_SCALINGS)
 #   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
 D4RL_NAME = re.compile(
@@ -676,6 +693,10 @@ D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns
     "ant": ("Ant-v4", {"use_contact_forces": True}, -325.6, 3879.7),  # the v2 data has 111-d observations
 }
 SHIPPED_PREFIX = "shipped/"
+# How a script that scales rewards by the kind of dataset (`--reward-scaling auto`) treats them; a file may name its
+# own with the attribute reward_scaling. return_range: times 1000 / (max - min episode return of the data);
+# minus_one: r - 1 (AntMaze); none: as they are
+REWARD_SCALINGS = ("none", "return_range", "minus_one")
 
 
 class DatasetError(Exception):
@@ -697,6 +718,8 @@ class OfflineData:
     # [N] False where next_observations is a stand-in (a terminal step of a file without next_observations):
     # harmless for a target that does not bootstrap there, but no observation a dynamics model may learn from
     next_observed: Optional[torch.Tensor] = None
+    env_id: str = ""  # the evaluation environment's id ("" for a Minari dataset, whose name says the task)
+    reward_scaling: Optional[str] = None  # the file's attribute reward_scaling (one of REWARD_SCALINGS), if it has one
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
@@ -891,6 +914,7 @@ def shipped_path(name: str) -> str:
 
 def load_dataset(name: str, device: torch.device) -> OfflineData:
     """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
+    env_id, reward_scaling = "", None
     if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
         path = shipped_path(name[len(SHIPPED_PREFIX) :]) if name.startswith(SHIPPED_PREFIX) else name
         if not os.path.isfile(path):
@@ -907,6 +931,12 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         except (ValueError, TypeError) as e:
             raise DatasetError(
                 f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers"
+            )
+        reward_scaling = attrs.get("reward_scaling")
+        if reward_scaling is not None and reward_scaling not in REWARD_SCALINGS:
+            raise DatasetError(
+                f"{path}: attribute reward_scaling is {reward_scaling!r}; it must be one of "
+                f"{', '.join(REWARD_SCALINGS)}"
             )
         make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
     elif D4RL_NAME.match(name):
@@ -944,6 +974,8 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         make_env=make_env,
         ref_min_score=None if ref_min is None else float(ref_min),
         ref_max_score=None if ref_max is None else float(ref_max),
+        env_id=env_id,
+        reward_scaling=reward_scaling,
     )
 
 
@@ -959,6 +991,48 @@ def observation_stats(data: OfflineData, eps: float = 1e-3) -> tuple[torch.Tenso
 def normalize_observations(data: OfflineData, mean: torch.Tensor, std: torch.Tensor) -> None:
     data.observations = (data.observations - mean) / std
     data.next_observations = (data.next_observations - mean) / std
+
+
+def standardize_observations(data: OfflineData, enabled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise the data's observations in place when `enabled`; returns the mean and std that evaluation applies
+    to the environment's observations (0 and 1 when not enabled)."""
+    dim, device = data.observations.shape[1], data.observations.device
+    stats = observation_stats(data) if enabled else (torch.zeros(dim, device=device), torch.ones(dim, device=device))
+    normalize_observations(data, *stats)
+    return stats
+
+
+def reward_scaling_rule(data: OfflineData) -> str:
+    """The reward scaling "auto" stands for: the dataset file's own (attribute reward_scaling) when it names one, else
+    the rule of the official IQL code (ikostrikov/implicit_q_learning, train_offline.py, commit 09d7002), which CORL's
+    modify_reward repeats, by the task the dataset's name or environment id names: return_range on the locomotion
+    tasks halfcheetah, hopper and walker2d, minus_one on AntMaze, none on anything else."""
+    if data.reward_scaling is not None:
+        return data.reward_scaling
+    task = f"{data.name} {data.env_id}".lower()
+    if "antmaze" in task:
+        return "minus_one"
+    return "return_range" if any(t in task for t in ("halfcheetah", "hopper", "walker2d")) else "none"
+
+
+def scale_rewards(data: OfflineData, rule: str) -> str:
+    """Apply a rule of REWARD_SCALINGS, or "auto" (reward_scaling_rule), in place, and return the rule applied.
+    return_range: r * 1000 / (max - min episode return of the data), so that a temperature means the same on every
+    dataset (the episodes are the loader's: one cut short by the end of the data is left out); minus_one: r - 1.
+    Raises DatasetError where return_range is undefined."""
+    rule = reward_scaling_rule(data) if rule == "auto" else rule
+    if rule == "return_range":
+        returns = data.episode_returns
+        spread = float(np.max(returns) - np.min(returns)) if len(returns) else 0.0
+        if not spread > 0:
+            raise DatasetError(
+                f"{data.name}'s {len(returns)} episode(s) all have the same return, so the reward scale 1000 / (max - "
+                "min episode return) is undefined; choose another reward scaling (e.g. --reward-scaling none)"
+            )
+        data.rewards = data.rewards * (1000.0 / spread)
+    elif rule == "minus_one":
+        data.rewards = data.rewards - 1.0
+    return rule
 
 
 # ---- end shared: normalization ----

@@ -127,12 +127,7 @@ def main():
     except DatasetError as e:
         sys.exit(f"error: {e}")
     obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
-    obs_mean, obs_std = (
-        observation_stats(data)
-        if args.normalize_observations
-        else (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
-    )
-    normalize_observations(data, obs_mean, obs_std)
+    obs_mean, obs_std = standardize_observations(data, args.normalize_observations)
     probe = data.make_env()
     actor = Actor(obs_dim, act_dim, args.hidden_dim, probe.action_space.low, probe.action_space.high).to(device)
     probe.close()
@@ -201,9 +196,10 @@ RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every",
 RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
 
 
-def parse_args(args_cls, limits: Optional[dict] = None):
+def parse_args(args_cls, limits: Optional[dict] = None, choices: Optional[dict] = None):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume),
-    then every value checked (check_args) before anything is loaded or written.
+    then every value checked (check_args; `choices`: the values each str option may take) before
+    anything is loaded or written.
 
     Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
     """
@@ -264,6 +260,9 @@ def parse_args(args_cls, limits: Optional[dict] = None):
                 "start a new run"
             )
     problem = check_args(args, hints, limits or {})
+    for name, allowed in (choices or {}).items():
+        if problem is None and getattr(args, name) not in allowed:
+            problem = f"--{name.replace('_', '-')} {getattr(args, name)!r} is not one of {', '.join(allowed)}"
     if problem:
         sys.exit(f"error: {problem}")
     if getattr(args, "resume", None):
@@ -547,7 +546,8 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
 #   D4RL        hopper-medium-replay-v2   hdf5 from $D4RL_DATASET_DIR or ~/.d4rl/datasets
 #                                         (downloaded when absent), evaluated on Gymnasium v4
 #   Minari      mujoco/hopper/medium-v0   through the minari package
-#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
+#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score and,
+#                                         optionally, env_kwargs and reward_scaling (see REWARD_SCALINGS)
 #   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
 D4RL_NAME = re.compile(
@@ -560,6 +560,10 @@ D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns
     "ant": ("Ant-v4", {"use_contact_forces": True}, -325.6, 3879.7),  # the v2 data has 111-d observations
 }
 SHIPPED_PREFIX = "shipped/"
+# How a script that scales rewards by the kind of dataset (`--reward-scaling auto`) treats them; a file may name its
+# own with the attribute reward_scaling. return_range: times 1000 / (max - min episode return of the data);
+# minus_one: r - 1 (AntMaze); none: as they are
+REWARD_SCALINGS = ("none", "return_range", "minus_one")
 
 
 class DatasetError(Exception):
@@ -581,6 +585,8 @@ class OfflineData:
     # [N] False where next_observations is a stand-in (a terminal step of a file without next_observations):
     # harmless for a target that does not bootstrap there, but no observation a dynamics model may learn from
     next_observed: Optional[torch.Tensor] = None
+    env_id: str = ""  # the evaluation environment's id ("" for a Minari dataset, whose name says the task)
+    reward_scaling: Optional[str] = None  # the file's attribute reward_scaling (one of REWARD_SCALINGS), if it has one
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
@@ -775,6 +781,7 @@ def shipped_path(name: str) -> str:
 
 def load_dataset(name: str, device: torch.device) -> OfflineData:
     """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
+    env_id, reward_scaling = "", None
     if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
         path = shipped_path(name[len(SHIPPED_PREFIX) :]) if name.startswith(SHIPPED_PREFIX) else name
         if not os.path.isfile(path):
@@ -791,6 +798,12 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         except (ValueError, TypeError) as e:
             raise DatasetError(
                 f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers"
+            )
+        reward_scaling = attrs.get("reward_scaling")
+        if reward_scaling is not None and reward_scaling not in REWARD_SCALINGS:
+            raise DatasetError(
+                f"{path}: attribute reward_scaling is {reward_scaling!r}; it must be one of "
+                f"{', '.join(REWARD_SCALINGS)}"
             )
         make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
     elif D4RL_NAME.match(name):
@@ -828,6 +841,8 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         make_env=make_env,
         ref_min_score=None if ref_min is None else float(ref_min),
         ref_max_score=None if ref_max is None else float(ref_max),
+        env_id=env_id,
+        reward_scaling=reward_scaling,
     )
 
 
@@ -843,6 +858,48 @@ def observation_stats(data: OfflineData, eps: float = 1e-3) -> tuple[torch.Tenso
 def normalize_observations(data: OfflineData, mean: torch.Tensor, std: torch.Tensor) -> None:
     data.observations = (data.observations - mean) / std
     data.next_observations = (data.next_observations - mean) / std
+
+
+def standardize_observations(data: OfflineData, enabled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise the data's observations in place when `enabled`; returns the mean and std that evaluation applies
+    to the environment's observations (0 and 1 when not enabled)."""
+    dim, device = data.observations.shape[1], data.observations.device
+    stats = observation_stats(data) if enabled else (torch.zeros(dim, device=device), torch.ones(dim, device=device))
+    normalize_observations(data, *stats)
+    return stats
+
+
+def reward_scaling_rule(data: OfflineData) -> str:
+    """The reward scaling "auto" stands for: the dataset file's own (attribute reward_scaling) when it names one, else
+    the rule of the official IQL code (ikostrikov/implicit_q_learning, train_offline.py, commit 09d7002), which CORL's
+    modify_reward repeats, by the task the dataset's name or environment id names: return_range on the locomotion
+    tasks halfcheetah, hopper and walker2d, minus_one on AntMaze, none on anything else."""
+    if data.reward_scaling is not None:
+        return data.reward_scaling
+    task = f"{data.name} {data.env_id}".lower()
+    if "antmaze" in task:
+        return "minus_one"
+    return "return_range" if any(t in task for t in ("halfcheetah", "hopper", "walker2d")) else "none"
+
+
+def scale_rewards(data: OfflineData, rule: str) -> str:
+    """Apply a rule of REWARD_SCALINGS, or "auto" (reward_scaling_rule), in place, and return the rule applied.
+    return_range: r * 1000 / (max - min episode return of the data), so that a temperature means the same on every
+    dataset (the episodes are the loader's: one cut short by the end of the data is left out); minus_one: r - 1.
+    Raises DatasetError where return_range is undefined."""
+    rule = reward_scaling_rule(data) if rule == "auto" else rule
+    if rule == "return_range":
+        returns = data.episode_returns
+        spread = float(np.max(returns) - np.min(returns)) if len(returns) else 0.0
+        if not spread > 0:
+            raise DatasetError(
+                f"{data.name}'s {len(returns)} episode(s) all have the same return, so the reward scale 1000 / (max - "
+                "min episode return) is undefined; choose another reward scaling (e.g. --reward-scaling none)"
+            )
+        data.rewards = data.rewards * (1000.0 / spread)
+    elif rule == "minus_one":
+        data.rewards = data.rewards - 1.0
+    return rule
 
 
 # ---- end shared: normalization ----

@@ -14,13 +14,28 @@ min_q_version 3). All 1 + 3N action sets of a minibatch go through both Q-functi
 batched pass. The Lagrange variant, which tunes α so that the penalty stays near a threshold τ,
 is an option (off on locomotion, as in the paper).
 
+Settings: CORL's (corl-team/CORL, algorithms/offline/cql.py and configs/offline/cql/, commit
+eeeeef2), whose scores benchmarks/published_scores.yaml quotes: α = 10 on every Gym-MuJoCo
+dataset, actor lr 3e-5 (the paper's appendix), critic lr 3e-4, 3x256, standardised observations,
+CORL's orthogonal initialisation, no warm start, 1M updates, rewards as they are except on
+hopper-medium-v2 (its config scales them, --reward-scaling return_range). The authors' D4RL
+launcher (aviralkumar2907/CQL, commit d67dbe9, d4rl/examples/cql_mujoco_new.py and README) is
+one config file away (benchmarks/configs/cql/variants/official.yaml): 40,000 warm-start updates
+whose actor loss is behaviour cloning (--bc-steps, its policy_eval_start), policy lr 1e-4,
+min_q_weight 5, raw observations, PyTorch's initialisation, 3M updates. Left as they are in both:
+the actor's log σ is its own output head clamped to [-20, 2] (CORL adds a learned scale and an
+offset of -1; the authors' copy of rlkit clamps at -5), and --no-orthogonal-init gives PyTorch's
+default initialisation, not rlkit's (fan-in uniform, biases 0.1).
+
 Example:
     python algorithms/cql.py --dataset shipped/hopper-medium-replay --num-updates 50000
 
 Logged (tensorboard, in the run directory):
     losses/td_loss              squared TD error of the two Q-functions, summed over both
     losses/cql_penalty          the CQL(H) term α (log Σ_a exp Q(s, a) - Q(s, a_data)), averaged over both
-    losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s)
+    losses/actor_loss           SAC's actor loss E[α log π(a|s) - min_i Q_i(s, a)], a ~ π(s) (during the warm
+                                start E[α log π(a|s) - log π(a_data|s)])
+    charts/bc_warm_start        1 while the actor's loss is the warm start's behaviour cloning, else 0
     charts/alpha                SAC's temperature α (before this step's update)
     charts/entropy              the policy's entropy estimate -E[log π(a|s)]
     values/q_mean               mean Q(s, a) of both Q-functions on the minibatch's (s, a)
@@ -70,10 +85,8 @@ class Args:
     """gradient updates (each updates the actor, α and both Q-functions once)"""
     batch_size: int = 256
     """minibatch size"""
-    actor_lr: float = 1e-4
-    """Adam learning rate of the actor and of log α: the default of the authors' D4RL launcher
-    (aviralkumar2907/CQL, d4rl/examples/cql_mujoco_new.py); the paper's appendix and CORL use 3e-5, which learns
-    slower"""
+    actor_lr: float = 3e-5
+    """Adam learning rate of the actor and of log α (CORL and the paper's appendix; the authors' launcher: 1e-4)"""
     critic_lr: float = 3e-4
     """Adam learning rate of the two Q-functions (and of log α' in the Lagrange variant)"""
     hidden_dim: int = 256
@@ -84,9 +97,8 @@ class Args:
     """discount γ"""
     tau: float = 0.005
     """target smoothing coefficient τ of the target Q-functions"""
-    cql_alpha: float = 5.0
-    """α of the CQL(H) penalty (Eq. 4), min_q_weight in the authors' aviralkumar2907/CQL: 5 or 10 without the
-    Lagrange variant"""
+    cql_alpha: float = 10.0
+    """α of the CQL(H) penalty (Eq. 4), min_q_weight in the authors' code ("5.0 or 10.0"); 10 in every CORL config"""
     num_sampled_actions: int = 10
     """N: actions drawn per state from each of uniform, π(·|s) and π(·|s') for log Σ_a exp Q"""
     cql_temperature: float = 1.0
@@ -95,11 +107,15 @@ class Args:
     """τ of CQL(Lagrange): when > 0, a multiplier α' ≥ 0 scales the penalty and is tuned so that
     α (log Σ exp Q - Q(data)) stays near τ; < 0 turns the variant off (locomotion)"""
     backup_entropy: bool = False
-    """subtract α log π(a'|s') in the Q target (off: deterministic_backup in the authors' aviralkumar2907/CQL on
-    D4RL)"""
-    normalize_observations: bool = False
-    """standardise observations with the dataset's mean and std (the authors' aviralkumar2907/CQL does not; CORL
-    does)"""
+    """subtract α log π(a'|s') in the Q target (off: deterministic_backup in the authors' code on D4RL)"""
+    bc_steps: int = 0
+    """warm start: the first updates, whose actor loss clones the data (CORL: 0; policy_eval_start 40000 there)"""
+    normalize_observations: bool = True
+    """standardise observations with the dataset's mean and std (CORL does; the authors' code does not)"""
+    orthogonal_init: bool = True
+    """CORL's initialisation (corl_init: orthogonal Q-functions, small actor heads); off: PyTorch's default"""
+    reward_scaling: str = "none"
+    """none, return_range (CORL's normalize_reward: r * 1000 / (max - min episode return)), minus_one, or auto"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -127,6 +143,7 @@ class Args:
 # Ranges of this method's own settings, checked with the general rules of the config block
 # (counts >= 1, learning rates > 0, γ in (0, 1], fractions in [0, 1]) before anything runs.
 LIMITS = {"cql_alpha": "[0, inf)", "cql_temperature": "(0, inf)"}
+CHOICES = {"reward_scaling": ("none", "return_range", "minus_one", "auto")}  # REWARD_SCALINGS or auto
 
 
 def mlp(in_dim: int, hidden_dim: int, layers: int) -> list[nn.Module]:
@@ -138,8 +155,7 @@ def mlp(in_dim: int, hidden_dim: int, layers: int) -> list[nn.Module]:
 class Actor(nn.Module):
     """Tanh-squashed Gaussian policy (SAC's), rescaled to the action box; log σ depends on the state."""
 
-    # rail-berkeley/rlkit's TanhGaussianPolicy (rlkit/torch/sac/policies/gaussian_policy.py); the authors' copy of
-    # rlkit in aviralkumar2907/CQL (d4rl/rlkit/torch/sac/policies.py) clips log σ at -5 instead of -20
+    # rlkit's TanhGaussianPolicy (rail-berkeley/rlkit); the authors' copy of rlkit in aviralkumar2907/CQL clips at -5
     LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
     def __init__(
@@ -162,20 +178,23 @@ class Actor(nn.Module):
         """tanh of the mean: the action that is evaluated."""
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
-    def sample(
-        self, mean: torch.Tensor, log_std: torch.Tensor, num: Optional[int] = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, mean: torch.Tensor, log_std: torch.Tensor, num: Optional[int] = None) -> tuple:
         """Reparameterised actions and their log-densities in the action box (tanh change of
         variables, Appendix C of the SAC paper). With `num`, `num` actions per state: [batch, num, act_dim]."""
         if num is not None:
             mean, log_std = mean.unsqueeze(1).expand(-1, num, -1), log_std.unsqueeze(1).expand(-1, num, -1)
-        eps = torch.randn_like(mean)
-        u = mean + log_std.exp() * eps
-        gauss_logp = (-0.5 * eps**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-        # log(1 - tanh(u)^2) in a stable form: 2 (log 2 - u - softplus(-2u))
-        squash = (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        log_prob = gauss_logp - squash - torch.log(self.action_scale).sum()
-        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob
+        u = mean + log_std.exp() * torch.randn_like(mean)
+        return torch.tanh(u) * self.action_scale + self.action_bias, self.log_density(u, mean, log_std)
+
+    def log_density(self, u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+        """log π(a|s), a = tanh(u) scale + bias: log N(u; mean, σ) - Σ 2 (log 2 - u - softplus(-2u)) - Σ log scale."""
+        gauss_logp = (-0.5 * ((u - mean) * torch.exp(-log_std)) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        return gauss_logp - (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1) - torch.log(self.action_scale).sum()
+
+    def log_prob(self, mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log π(a|s) of given actions (the warm start's), the box's edges pulled in by 1e-6 as the authors' atanh."""
+        u = torch.atanh(((actions - self.action_bias) / self.action_scale).clamp(-1 + 1e-6, 1 - 1e-6))
+        return self.log_density(u, mean, log_std)
 
 
 class DoubleCritic(nn.Module):
@@ -197,9 +216,8 @@ class DoubleCritic(nn.Module):
         """Q(s, a_k) for K actions per state in one batched pass: obs [B, obs_dim], actions [B, K, act_dim] ->
         [2, B, K]."""
         batch, k, act_dim = actions.shape
-        return self(
-            obs.unsqueeze(1).expand(-1, k, -1).reshape(batch * k, -1), actions.reshape(batch * k, act_dim)
-        ).view(-1, batch, k)
+        obs = obs.unsqueeze(1).expand(-1, k, -1).reshape(batch * k, -1)
+        return self(obs, actions.reshape(batch * k, act_dim)).view(-1, batch, k)
 
     def frozen(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Q(s, a) of both members with the weights detached: the actor loss needs dQ/da,
@@ -207,12 +225,23 @@ class DoubleCritic(nn.Module):
         x = torch.cat([obs, action], -1)
         x = x.expand(self.net[0].weight.shape[0], *x.shape)
         for layer in self.net:
-            x = (
-                torch.baddbmm(layer.bias.detach(), x, layer.weight.detach())
-                if isinstance(layer, EnsembleLinear)
-                else layer(x)
-            )
+            linear = isinstance(layer, EnsembleLinear)
+            x = torch.baddbmm(layer.bias.detach(), x, layer.weight.detach()) if linear else layer(x)
         return x.squeeze(-1)
+
+
+def corl_init(actor: Actor, critic: DoubleCritic) -> None:
+    """CORL's init_module_weights (corl-team/CORL, algorithms/offline/cql.py): orthogonal Q-function layers (gain √2,
+    0.01 on the last), zero biases; of the actor only its output layers, Xavier-uniform with gain 0.01, bias 0."""
+    with torch.no_grad():
+        layers = [m for m in critic.net if isinstance(m, EnsembleLinear)]
+        for i, layer in enumerate(layers):
+            for w in layer.weight:  # each member's [in, out] matrix
+                nn.init.orthogonal_(w, gain=0.01 if i == len(layers) - 1 else np.sqrt(2))
+            layer.bias.zero_()
+        for head in (actor.mean, actor.log_std):
+            nn.init.xavier_uniform_(head.weight, gain=0.01)
+            head.bias.zero_()
 
 
 def uniform_actions(low: torch.Tensor, high: torch.Tensor, batch: int, num: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,25 +252,18 @@ def uniform_actions(low: torch.Tensor, high: torch.Tensor, batch: int, num: int)
 
 def cql_logsumexp(q_sampled: torch.Tensor, log_density: torch.Tensor, temperature: float) -> torch.Tensor:
     """The importance-sampled estimate of log Σ_a exp Q(s, a), as the authors' code computes it (aviralkumar2907/CQL,
-    d4rl/rlkit/torch/sac/cql.py):
-    T log Σ_j exp((Q(s, a_j) - log μ_j(a_j | s)) / T) over the sampled actions a_j ~ μ_j (the last
-    dimension), each sample corrected by the density it was drawn from (the constant -log 3N omitted)."""
+    d4rl/rlkit/torch/sac/cql.py): T log Σ_j exp((Q(s, a_j) - log μ_j(a_j | s)) / T) over the sampled actions
+    a_j ~ μ_j (the last dimension), each corrected by the density it was drawn from (the constant -log 3N omitted)."""
     return temperature * torch.logsumexp((q_sampled - log_density) / temperature, dim=-1)
 
 
-def cql_penalty(
-    q_data: torch.Tensor, q_sampled: torch.Tensor, log_density: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Eq. 4, CQL(H): E_s[log Σ_a exp Q(s, a)] - E_{s,a~data}[Q(s, a)] for each Q-function.
-
-    q_data [members, batch], q_sampled [members, batch, samples], log_density [batch, samples]; returns [members].
-    """
+def cql_penalty(q_data: torch.Tensor, q_sampled: torch.Tensor, log_density: torch.Tensor, temperature: float):
+    """Eq. 4, CQL(H): E_s[log Σ_a exp Q(s, a)] - E_{s,a~data}[Q(s, a)] for each Q-function: q_data [members, batch],
+    q_sampled [members, batch, samples], log_density [batch, samples]; returns [members]."""
     return cql_logsumexp(q_sampled, log_density, temperature).mean(-1) - q_data.mean(-1)
 
 
-def lagrange_losses(
-    penalty: torch.Tensor, log_alpha_prime: torch.Tensor, threshold: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def lagrange_losses(penalty: torch.Tensor, log_alpha_prime: torch.Tensor, threshold: float) -> tuple:
     """CQL(Lagrange): the critics' loss α' (penalty - τ) with α' = exp(log α') ≥ 0 held fixed, and
     α''s own loss -α' (penalty - τ) with the penalty held fixed: a dual step that raises α' while
     the penalty exceeds τ and lowers it below."""
@@ -250,26 +272,23 @@ def lagrange_losses(
 
 
 def main():
-    args = parse_args(Args, LIMITS)
+    args = parse_args(Args, LIMITS, CHOICES)
     set_seed(args.seed)
     device = pick_device(args.device, args.threads)
     try:
         data = load_dataset(args.dataset, device)
+        scale_rewards(data, args.reward_scaling)
     except DatasetError as e:
         sys.exit(f"error: {e}")
     obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
-    obs_mean, obs_std = (
-        observation_stats(data)
-        if args.normalize_observations
-        else (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
-    )
-    normalize_observations(data, obs_mean, obs_std)
+    obs_mean, obs_std = standardize_observations(data, args.normalize_observations)
     probe = data.make_env()
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.layers, probe.action_space.low, probe.action_space.high).to(
-        device
-    )
+    box = probe.action_space
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.layers, box.low, box.high).to(device)
     probe.close()
     critic = DoubleCritic(obs_dim, act_dim, args.hidden_dim, args.layers).to(device)
+    if args.orthogonal_init:
+        corl_init(actor, critic)
     critic_target = copy.deepcopy(critic).requires_grad_(False)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
@@ -282,22 +301,22 @@ def main():
     low, high = actor.action_bias - actor.action_scale, actor.action_bias + actor.action_scale
     n = args.num_sampled_actions
 
-    def update(batch):
+    def update(batch, warm_start: bool):
         obs, actions, rewards, next_obs, terminals = batch
         alpha = log_alpha.exp().detach()
-        # SAC's actor and temperature losses (Q's weights frozen in the actor's loss; α is the value before
-        # this step's temperature update, which the authors' code applies first, aviralkumar2907/CQL
-        # d4rl/rlkit/torch/sac/cql.py: a one-step lag)
+        # SAC's actor and temperature losses (Q's weights frozen in the actor's loss; α is the value before this
+        # step's temperature update, which the authors' code applies first, aviralkumar2907/CQL cql.py: a one-step
+        # lag); during the warm start, behaviour cloning: log π(a|s) of the data's action in place of Q
         mean, log_std = actor(obs)
         pi, logp = actor.sample(mean, log_std)
-        actor_loss = (alpha * logp - critic.frozen(obs, pi).min(0).values).mean()
+        target = actor.log_prob(mean, log_std, actions) if warm_start else critic.frozen(obs, pi).min(0).values
+        actor_loss = (alpha * logp - target).mean()
         alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
 
         with torch.no_grad():
             next_mean, next_log_std = actor(next_obs)
-            next_actions, next_logp = actor.sample(
-                next_mean, next_log_std, n + 1
-            )  # 1 for the target, n for the penalty
+            # 1 for the target, n for the penalty
+            next_actions, next_logp = actor.sample(next_mean, next_log_std, n + 1)
             next_q = critic_target(next_obs, next_actions[:, 0]).min(0).values
             if args.backup_entropy:
                 next_q = next_q - alpha * next_logp[:, 0]
@@ -339,6 +358,7 @@ def main():
             "charts/alpha": alpha,
             "charts/entropy": -logp.detach().mean(),
             "values/q_mean": q_data.detach().mean(),
+            "charts/bc_warm_start": float(warm_start),
         }
         if lagrange:
             logs["charts/cql_alpha_prime"] = log_alpha_prime.detach().exp()
@@ -375,7 +395,7 @@ def main():
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
     clock = TrainClock(clock_state)
     for step in bar:
-        logs = update(data.sample(args.batch_size))
+        logs = update(data.sample(args.batch_size), step <= args.bc_steps)
         clock.tick()
 
         if step % args.log_every == 0:
@@ -413,9 +433,10 @@ RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every",
 RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
 
 
-def parse_args(args_cls, limits: Optional[dict] = None):
+def parse_args(args_cls, limits: Optional[dict] = None, choices: Optional[dict] = None):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume),
-    then every value checked (check_args) before anything is loaded or written.
+    then every value checked (check_args; `choices`: the values each str option may take) before
+    anything is loaded or written.
 
     Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
     """
@@ -476,6 +497,9 @@ def parse_args(args_cls, limits: Optional[dict] = None):
                 "start a new run"
             )
     problem = check_args(args, hints, limits or {})
+    for name, allowed in (choices or {}).items():
+        if problem is None and getattr(args, name) not in allowed:
+            problem = f"--{name.replace('_', '-')} {getattr(args, name)!r} is not one of {', '.join(allowed)}"
     if problem:
         sys.exit(f"error: {problem}")
     if getattr(args, "resume", None):
@@ -759,7 +783,8 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
 #   D4RL        hopper-medium-replay-v2   hdf5 from $D4RL_DATASET_DIR or ~/.d4rl/datasets
 #                                         (downloaded when absent), evaluated on Gymnasium v4
 #   Minari      mujoco/hopper/medium-v0   through the minari package
-#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
+#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score and,
+#                                         optionally, env_kwargs and reward_scaling (see REWARD_SCALINGS)
 #   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
 D4RL_NAME = re.compile(
@@ -772,6 +797,10 @@ D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns
     "ant": ("Ant-v4", {"use_contact_forces": True}, -325.6, 3879.7),  # the v2 data has 111-d observations
 }
 SHIPPED_PREFIX = "shipped/"
+# How a script that scales rewards by the kind of dataset (`--reward-scaling auto`) treats them; a file may name its
+# own with the attribute reward_scaling. return_range: times 1000 / (max - min episode return of the data);
+# minus_one: r - 1 (AntMaze); none: as they are
+REWARD_SCALINGS = ("none", "return_range", "minus_one")
 
 
 class DatasetError(Exception):
@@ -793,6 +822,8 @@ class OfflineData:
     # [N] False where next_observations is a stand-in (a terminal step of a file without next_observations):
     # harmless for a target that does not bootstrap there, but no observation a dynamics model may learn from
     next_observed: Optional[torch.Tensor] = None
+    env_id: str = ""  # the evaluation environment's id ("" for a Minari dataset, whose name says the task)
+    reward_scaling: Optional[str] = None  # the file's attribute reward_scaling (one of REWARD_SCALINGS), if it has one
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
@@ -987,6 +1018,7 @@ def shipped_path(name: str) -> str:
 
 def load_dataset(name: str, device: torch.device) -> OfflineData:
     """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
+    env_id, reward_scaling = "", None
     if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
         path = shipped_path(name[len(SHIPPED_PREFIX) :]) if name.startswith(SHIPPED_PREFIX) else name
         if not os.path.isfile(path):
@@ -1003,6 +1035,12 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         except (ValueError, TypeError) as e:
             raise DatasetError(
                 f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers"
+            )
+        reward_scaling = attrs.get("reward_scaling")
+        if reward_scaling is not None and reward_scaling not in REWARD_SCALINGS:
+            raise DatasetError(
+                f"{path}: attribute reward_scaling is {reward_scaling!r}; it must be one of "
+                f"{', '.join(REWARD_SCALINGS)}"
             )
         make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
     elif D4RL_NAME.match(name):
@@ -1040,6 +1078,8 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         make_env=make_env,
         ref_min_score=None if ref_min is None else float(ref_min),
         ref_max_score=None if ref_max is None else float(ref_max),
+        env_id=env_id,
+        reward_scaling=reward_scaling,
     )
 
 
@@ -1055,6 +1095,48 @@ def observation_stats(data: OfflineData, eps: float = 1e-3) -> tuple[torch.Tenso
 def normalize_observations(data: OfflineData, mean: torch.Tensor, std: torch.Tensor) -> None:
     data.observations = (data.observations - mean) / std
     data.next_observations = (data.next_observations - mean) / std
+
+
+def standardize_observations(data: OfflineData, enabled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise the data's observations in place when `enabled`; returns the mean and std that evaluation applies
+    to the environment's observations (0 and 1 when not enabled)."""
+    dim, device = data.observations.shape[1], data.observations.device
+    stats = observation_stats(data) if enabled else (torch.zeros(dim, device=device), torch.ones(dim, device=device))
+    normalize_observations(data, *stats)
+    return stats
+
+
+def reward_scaling_rule(data: OfflineData) -> str:
+    """The reward scaling "auto" stands for: the dataset file's own (attribute reward_scaling) when it names one, else
+    the rule of the official IQL code (ikostrikov/implicit_q_learning, train_offline.py, commit 09d7002), which CORL's
+    modify_reward repeats, by the task the dataset's name or environment id names: return_range on the locomotion
+    tasks halfcheetah, hopper and walker2d, minus_one on AntMaze, none on anything else."""
+    if data.reward_scaling is not None:
+        return data.reward_scaling
+    task = f"{data.name} {data.env_id}".lower()
+    if "antmaze" in task:
+        return "minus_one"
+    return "return_range" if any(t in task for t in ("halfcheetah", "hopper", "walker2d")) else "none"
+
+
+def scale_rewards(data: OfflineData, rule: str) -> str:
+    """Apply a rule of REWARD_SCALINGS, or "auto" (reward_scaling_rule), in place, and return the rule applied.
+    return_range: r * 1000 / (max - min episode return of the data), so that a temperature means the same on every
+    dataset (the episodes are the loader's: one cut short by the end of the data is left out); minus_one: r - 1.
+    Raises DatasetError where return_range is undefined."""
+    rule = reward_scaling_rule(data) if rule == "auto" else rule
+    if rule == "return_range":
+        returns = data.episode_returns
+        spread = float(np.max(returns) - np.min(returns)) if len(returns) else 0.0
+        if not spread > 0:
+            raise DatasetError(
+                f"{data.name}'s {len(returns)} episode(s) all have the same return, so the reward scale 1000 / (max - "
+                "min episode return) is undefined; choose another reward scaling (e.g. --reward-scaling none)"
+            )
+        data.rewards = data.rewards * (1000.0 / spread)
+    elif rule == "minus_one":
+        data.rewards = data.rewards - 1.0
+    return rule
 
 
 # ---- end shared: normalization ----

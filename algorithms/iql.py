@@ -8,9 +8,18 @@ to an upper expectile τ of Q(s, a) over the data's actions (Eq. 5), which appro
 best action the data supports; Q(s, a) regresses onto r + γ V(s') (Eq. 6), so the Bellman
 backup needs no policy at all. The policy is extracted at the end of each step by
 advantage-weighted regression: maximise exp(β (Q(s, a) - V(s))) log π(a | s) over the
-data's (s, a) (Eq. 7). As in the paper's locomotion runs, rewards are scaled by
-1000 / (max - min episode return of the data), the actor is a Gaussian with a
-state-independent std, and its learning rate decays to 0 on a cosine schedule.
+data's (s, a) (Eq. 7). As in the paper's locomotion runs, the actor is a Gaussian with a
+state-independent std and its learning rate decays to 0 on a cosine schedule.
+
+Settings: the paper's and its official code's (ikostrikov/implicit_q_learning, commit 09d7002:
+configs/mujoco_config.py, train_offline.py), one setting for every Gym-MuJoCo dataset. Rewards
+are scaled by dataset kind as that code does it: times 1000 / (max - min episode return) on
+halfcheetah, hopper and walker2d, r - 1 on AntMaze, unchanged elsewhere; a dataset file can name
+its own rule (attribute reward_scaling; the shipped Pendulum files ask for return_range), and
+--reward-scaling overrides both. The published numbers benchmarks/published_scores.yaml puts
+beside ours are CORL's (corl-team/CORL, configs/offline/iql/), which differ: standardised
+observations everywhere, and on hopper-medium(-replay) a deterministic actor, target τ 0.001 and
+reward scaling, on hopper-medium-expert β 6 and expectile 0.5; not reproduced here.
 
 Example:
     python algorithms/iql.py --dataset shipped/hopper-medium-replay --num-updates 50000
@@ -90,8 +99,10 @@ class Args:
     max_weight: float = 100.0
     """clip of the advantage weights exp(β (Q - V)) (100 in the official code, ikostrikov/implicit_q_learning
     actor.py)"""
-    scale_rewards: bool = True
-    """multiply rewards by 1000 / (max - min episode return of the data), the paper's locomotion setting"""
+    reward_scaling: str = "auto"
+    """auto: the dataset file's own rule, else by kind as the official code does it (return_range on halfcheetah,
+    hopper, walker2d; minus_one on AntMaze; none elsewhere); or one of none, return_range (r * 1000 / (max - min
+    episode return)), minus_one (r - 1)"""
     normalize_observations: bool = False
     """standardise observations with the dataset's mean and std (the official code,
     ikostrikov/implicit_q_learning, does not)"""
@@ -122,6 +133,7 @@ class Args:
 # Ranges of this method's own settings, checked with the general rules of the config block
 # (counts >= 1, learning rates > 0, γ in (0, 1], fractions in [0, 1]) before anything runs.
 LIMITS = {"beta": "[0, inf)", "expectile": "(0, 1)", "max_weight": "(0, inf)"}
+CHOICES = {"reward_scaling": ("auto", "none", "return_range", "minus_one")}  # auto or one of REWARD_SCALINGS
 
 
 class Actor(nn.Module):
@@ -194,20 +206,6 @@ class ValueNet(nn.Module):
         return self.net(obs).squeeze(-1)
 
 
-def reward_scale(episode_returns: np.ndarray) -> float:
-    """1000 / (max - min episode return of the data): the paper's reward scale on locomotion
-    (normalize() in train_offline.py of the official code, ikostrikov/implicit_q_learning), so that β means
-    the same on every dataset.
-    The episodes are the dataset block's (an episode cut short by the end of the data is left out)."""
-    spread = float(np.max(episode_returns) - np.min(episode_returns)) if len(episode_returns) else 0.0
-    if not spread > 0:
-        raise ValueError(
-            f"the dataset's {len(episode_returns)} episode(s) all have the same return, so the reward scale "
-            "1000 / (max - min episode return) is undefined; pass --no-scale-rewards"
-        )
-    return 1000.0 / spread
-
-
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """Eq. 5: L₂^τ(u) = |τ - 1(u < 0)| u², averaged; u = Q - V. τ > 0.5 punishes V below Q more."""
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
@@ -239,25 +237,16 @@ def actor_loss_fn(actor, obs, actions, weights):
 
 
 def main():
-    args = parse_args(Args, LIMITS)
+    args = parse_args(Args, LIMITS, CHOICES)
     set_seed(args.seed)
     device = pick_device(args.device, args.threads)
     try:
         data = load_dataset(args.dataset, device)
+        print(f"reward scaling: {scale_rewards(data, args.reward_scaling)} (--reward-scaling {args.reward_scaling})")
     except DatasetError as e:
         sys.exit(f"error: {e}")
     obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
-    obs_mean, obs_std = (
-        observation_stats(data)
-        if args.normalize_observations
-        else (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
-    )
-    normalize_observations(data, obs_mean, obs_std)
-    if args.scale_rewards:
-        try:
-            data.rewards = data.rewards * reward_scale(data.episode_returns)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
+    obs_mean, obs_std = standardize_observations(data, args.normalize_observations)
     probe = data.make_env()
     actor = Actor(obs_dim, act_dim, args.hidden_dim, probe.action_space.low, probe.action_space.high).to(device)
     probe.close()
@@ -369,9 +358,10 @@ RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every",
 RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
 
 
-def parse_args(args_cls, limits: Optional[dict] = None):
+def parse_args(args_cls, limits: Optional[dict] = None, choices: Optional[dict] = None):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume),
-    then every value checked (check_args) before anything is loaded or written.
+    then every value checked (check_args; `choices`: the values each str option may take) before
+    anything is loaded or written.
 
     Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
     """
@@ -432,6 +422,9 @@ def parse_args(args_cls, limits: Optional[dict] = None):
                 "start a new run"
             )
     problem = check_args(args, hints, limits or {})
+    for name, allowed in (choices or {}).items():
+        if problem is None and getattr(args, name) not in allowed:
+            problem = f"--{name.replace('_', '-')} {getattr(args, name)!r} is not one of {', '.join(allowed)}"
     if problem:
         sys.exit(f"error: {problem}")
     if getattr(args, "resume", None):
@@ -715,7 +708,8 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
 #   D4RL        hopper-medium-replay-v2   hdf5 from $D4RL_DATASET_DIR or ~/.d4rl/datasets
 #                                         (downloaded when absent), evaluated on Gymnasium v4
 #   Minari      mujoco/hopper/medium-v0   through the minari package
-#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
+#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score and,
+#                                         optionally, env_kwargs and reward_scaling (see REWARD_SCALINGS)
 #   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
 D4RL_NAME = re.compile(
@@ -728,6 +722,10 @@ D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns
     "ant": ("Ant-v4", {"use_contact_forces": True}, -325.6, 3879.7),  # the v2 data has 111-d observations
 }
 SHIPPED_PREFIX = "shipped/"
+# How a script that scales rewards by the kind of dataset (`--reward-scaling auto`) treats them; a file may name its
+# own with the attribute reward_scaling. return_range: times 1000 / (max - min episode return of the data);
+# minus_one: r - 1 (AntMaze); none: as they are
+REWARD_SCALINGS = ("none", "return_range", "minus_one")
 
 
 class DatasetError(Exception):
@@ -749,6 +747,8 @@ class OfflineData:
     # [N] False where next_observations is a stand-in (a terminal step of a file without next_observations):
     # harmless for a target that does not bootstrap there, but no observation a dynamics model may learn from
     next_observed: Optional[torch.Tensor] = None
+    env_id: str = ""  # the evaluation environment's id ("" for a Minari dataset, whose name says the task)
+    reward_scaling: Optional[str] = None  # the file's attribute reward_scaling (one of REWARD_SCALINGS), if it has one
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
@@ -943,6 +943,7 @@ def shipped_path(name: str) -> str:
 
 def load_dataset(name: str, device: torch.device) -> OfflineData:
     """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
+    env_id, reward_scaling = "", None
     if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
         path = shipped_path(name[len(SHIPPED_PREFIX) :]) if name.startswith(SHIPPED_PREFIX) else name
         if not os.path.isfile(path):
@@ -959,6 +960,12 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         except (ValueError, TypeError) as e:
             raise DatasetError(
                 f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers"
+            )
+        reward_scaling = attrs.get("reward_scaling")
+        if reward_scaling is not None and reward_scaling not in REWARD_SCALINGS:
+            raise DatasetError(
+                f"{path}: attribute reward_scaling is {reward_scaling!r}; it must be one of "
+                f"{', '.join(REWARD_SCALINGS)}"
             )
         make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
     elif D4RL_NAME.match(name):
@@ -996,6 +1003,8 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         make_env=make_env,
         ref_min_score=None if ref_min is None else float(ref_min),
         ref_max_score=None if ref_max is None else float(ref_max),
+        env_id=env_id,
+        reward_scaling=reward_scaling,
     )
 
 
@@ -1011,6 +1020,48 @@ def observation_stats(data: OfflineData, eps: float = 1e-3) -> tuple[torch.Tenso
 def normalize_observations(data: OfflineData, mean: torch.Tensor, std: torch.Tensor) -> None:
     data.observations = (data.observations - mean) / std
     data.next_observations = (data.next_observations - mean) / std
+
+
+def standardize_observations(data: OfflineData, enabled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise the data's observations in place when `enabled`; returns the mean and std that evaluation applies
+    to the environment's observations (0 and 1 when not enabled)."""
+    dim, device = data.observations.shape[1], data.observations.device
+    stats = observation_stats(data) if enabled else (torch.zeros(dim, device=device), torch.ones(dim, device=device))
+    normalize_observations(data, *stats)
+    return stats
+
+
+def reward_scaling_rule(data: OfflineData) -> str:
+    """The reward scaling "auto" stands for: the dataset file's own (attribute reward_scaling) when it names one, else
+    the rule of the official IQL code (ikostrikov/implicit_q_learning, train_offline.py, commit 09d7002), which CORL's
+    modify_reward repeats, by the task the dataset's name or environment id names: return_range on the locomotion
+    tasks halfcheetah, hopper and walker2d, minus_one on AntMaze, none on anything else."""
+    if data.reward_scaling is not None:
+        return data.reward_scaling
+    task = f"{data.name} {data.env_id}".lower()
+    if "antmaze" in task:
+        return "minus_one"
+    return "return_range" if any(t in task for t in ("halfcheetah", "hopper", "walker2d")) else "none"
+
+
+def scale_rewards(data: OfflineData, rule: str) -> str:
+    """Apply a rule of REWARD_SCALINGS, or "auto" (reward_scaling_rule), in place, and return the rule applied.
+    return_range: r * 1000 / (max - min episode return of the data), so that a temperature means the same on every
+    dataset (the episodes are the loader's: one cut short by the end of the data is left out); minus_one: r - 1.
+    Raises DatasetError where return_range is undefined."""
+    rule = reward_scaling_rule(data) if rule == "auto" else rule
+    if rule == "return_range":
+        returns = data.episode_returns
+        spread = float(np.max(returns) - np.min(returns)) if len(returns) else 0.0
+        if not spread > 0:
+            raise DatasetError(
+                f"{data.name}'s {len(returns)} episode(s) all have the same return, so the reward scale 1000 / (max - "
+                "min episode return) is undefined; choose another reward scaling (e.g. --reward-scaling none)"
+            )
+        data.rewards = data.rewards * (1000.0 / spread)
+    elif rule == "minus_one":
+        data.rewards = data.rewards - 1.0
+    return rule
 
 
 # ---- end shared: normalization ----

@@ -386,9 +386,10 @@ RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every",
 RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
 
 
-def parse_args(args_cls, limits: Optional[dict] = None):
+def parse_args(args_cls, limits: Optional[dict] = None, choices: Optional[dict] = None):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume),
-    then every value checked (check_args) before anything is loaded or written.
+    then every value checked (check_args; `choices`: the values each str option may take) before
+    anything is loaded or written.
 
     Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
     """
@@ -449,6 +450,9 @@ def parse_args(args_cls, limits: Optional[dict] = None):
                 "start a new run"
             )
     problem = check_args(args, hints, limits or {})
+    for name, allowed in (choices or {}).items():
+        if problem is None and getattr(args, name) not in allowed:
+            problem = f"--{name.replace('_', '-')} {getattr(args, name)!r} is not one of {', '.join(allowed)}"
     if problem:
         sys.exit(f"error: {problem}")
     if getattr(args, "resume", None):
@@ -732,7 +736,8 @@ def load_checkpoint(path: str, objects: dict) -> tuple[int, dict]:
 #   D4RL        hopper-medium-replay-v2   hdf5 from $D4RL_DATASET_DIR or ~/.d4rl/datasets
 #                                         (downloaded when absent), evaluated on Gymnasium v4
 #   Minari      mujoco/hopper/medium-v0   through the minari package
-#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score
+#   a file      path/to/data.hdf5         D4RL layout; attributes env_id, ref_min_score, ref_max_score and,
+#                                         optionally, env_kwargs and reward_scaling (see REWARD_SCALINGS)
 #   shipped     shipped/hopper-medium     the small datasets in this project's datasets/shipped/
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{}"
 D4RL_NAME = re.compile(
@@ -745,6 +750,10 @@ D4RL_ENVS = {  # Gymnasium environment, its kwargs, and D4RL's reference returns
     "ant": ("Ant-v4", {"use_contact_forces": True}, -325.6, 3879.7),  # the v2 data has 111-d observations
 }
 SHIPPED_PREFIX = "shipped/"
+# How a script that scales rewards by the kind of dataset (`--reward-scaling auto`) treats them; a file may name its
+# own with the attribute reward_scaling. return_range: times 1000 / (max - min episode return of the data);
+# minus_one: r - 1 (AntMaze); none: as they are
+REWARD_SCALINGS = ("none", "return_range", "minus_one")
 
 
 class DatasetError(Exception):
@@ -766,6 +775,8 @@ class OfflineData:
     # [N] False where next_observations is a stand-in (a terminal step of a file without next_observations):
     # harmless for a target that does not bootstrap there, but no observation a dynamics model may learn from
     next_observed: Optional[torch.Tensor] = None
+    env_id: str = ""  # the evaluation environment's id ("" for a Minari dataset, whose name says the task)
+    reward_scaling: Optional[str] = None  # the file's attribute reward_scaling (one of REWARD_SCALINGS), if it has one
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """A uniform minibatch (obs, action, reward, next_obs, terminal), drawn on the device."""
@@ -960,6 +971,7 @@ def shipped_path(name: str) -> str:
 
 def load_dataset(name: str, device: torch.device) -> OfflineData:
     """Resolve a dataset name (see the table above) into an OfflineData on `device`."""
+    env_id, reward_scaling = "", None
     if name.endswith((".hdf5", ".h5")) or os.path.isfile(name) or name.startswith(SHIPPED_PREFIX):
         path = shipped_path(name[len(SHIPPED_PREFIX) :]) if name.startswith(SHIPPED_PREFIX) else name
         if not os.path.isfile(path):
@@ -976,6 +988,12 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         except (ValueError, TypeError) as e:
             raise DatasetError(
                 f"{path}: bad attribute ({e}); env_kwargs must be a JSON object and ref_min_score/ref_max_score numbers"
+            )
+        reward_scaling = attrs.get("reward_scaling")
+        if reward_scaling is not None and reward_scaling not in REWARD_SCALINGS:
+            raise DatasetError(
+                f"{path}: attribute reward_scaling is {reward_scaling!r}; it must be one of "
+                f"{', '.join(REWARD_SCALINGS)}"
             )
         make_env = lambda: gym.make(env_id, **env_kwargs)  # noqa: E731
     elif D4RL_NAME.match(name):
@@ -1013,6 +1031,8 @@ def load_dataset(name: str, device: torch.device) -> OfflineData:
         make_env=make_env,
         ref_min_score=None if ref_min is None else float(ref_min),
         ref_max_score=None if ref_max is None else float(ref_max),
+        env_id=env_id,
+        reward_scaling=reward_scaling,
     )
 
 

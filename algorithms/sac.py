@@ -370,9 +370,10 @@ RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every",
 RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
 
 
-def parse_args(args_cls, limits: Optional[dict] = None):
+def parse_args(args_cls, limits: Optional[dict] = None, choices: Optional[dict] = None):
     """tyro command line on top of YAML overrides (--config) or a run being resumed (--resume),
-    then every value checked (check_args) before anything is loaded or written.
+    then every value checked (check_args; `choices`: the values each str option may take) before
+    anything is loaded or written.
 
     Precedence: command line > --config file > the resumed run's config.yaml > Args defaults.
     """
@@ -433,6 +434,9 @@ def parse_args(args_cls, limits: Optional[dict] = None):
                 "start a new run"
             )
     problem = check_args(args, hints, limits or {})
+    for name, allowed in (choices or {}).items():
+        if problem is None and getattr(args, name) not in allowed:
+            problem = f"--{name.replace('_', '-')} {getattr(args, name)!r} is not one of {', '.join(allowed)}"
     if problem:
         sys.exit(f"error: {problem}")
     if getattr(args, "resume", None):

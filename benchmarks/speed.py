@@ -155,9 +155,9 @@ def iql_macs(obs_dim: int, act_dim: int, hidden: int, batch: int) -> int:
 
 
 def awac_macs(obs_dim: int, act_dim: int, hidden: int, batch: int) -> int:
-    """algorithms/awac.py: Gaussian actor of 4x256 and twin Q-functions of 2x256 (the authors' sizes)."""
-    actor = mlp_macs([obs_dim, hidden, hidden, hidden, hidden, act_dim], batch)
-    critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, 1], batch)  # DoubleCritic: 2 members, one batched pass
+    """algorithms/awac.py: Gaussian actor and twin Q-functions of 3x256 (CORL's sizes, the defaults)."""
+    actor = mlp_macs([obs_dim, hidden, hidden, hidden, act_dim], batch)
+    critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, hidden, 1], batch)  # DoubleCritic: one batched pass
     return (
         1 * actor  # actor forward on next_obs (no grad): a' ~ pi(s')
         + 1 * critic  # target Q-functions on (s', a') (no grad)

@@ -25,8 +25,9 @@ ends at an episode boundary: collection runs past `--num-steps` to finish its la
 Each file records, as HDF5 attributes: env_id, env_kwargs, level, seed, the command that
 made it, the source run and policy steps, and the reference returns of the normalised
 score (for the MuJoCo tasks D4RL covers, D4RL's; otherwise the mean return of the random
-policy and of the expert policy over `--ref-episodes` episodes). The same arguments and
-seed give the same arrays.
+policy and of the expert policy over `--ref-episodes` episodes) and, with `--reward-scaling`,
+the reward scaling that the scripts' `--reward-scaling auto` (IQL) applies to it. The same
+arguments and seed give the same arrays.
 
 Example (the shipped hopper datasets):
     python datasets/generate.py --sac-run runs/sac__Hopper-v4__0__... --level medium \
@@ -100,6 +101,10 @@ class Args:
     """use the checkpoint of this step as the expert policy instead of the final one"""
     ref_episodes: int = 20
     """episodes to measure the random and expert reference returns (environments D4RL does not cover)"""
+    reward_scaling: Optional[Literal["none", "return_range", "minus_one"]] = None
+    """written as the file attribute reward_scaling: the rule scripts with `--reward-scaling auto` (IQL) apply to
+    its rewards (return_range: times 1000 / (max - min episode return); minus_one: r - 1); unset, they decide by the
+    task its env_id names (return_range on halfcheetah, hopper, walker2d; none elsewhere)"""
 
 
 @functools.cache
@@ -371,6 +376,8 @@ def main():
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "generator": "datasets/generate.py",
     }
+    if args.reward_scaling is not None:
+        attrs["reward_scaling"] = args.reward_scaling
     # the random policy's return: the floor of the reference returns and of "a third of the way"
     # (its own generator, so it is the same number whatever level is written)
     random_return = mean_return(

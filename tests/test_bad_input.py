@@ -15,6 +15,7 @@ an older commit's: `git worktree add /tmp/old <commit>` and
 `ALGORITHMS_DIR=/tmp/old/algorithms python -m pytest tests/test_bad_input.py -n 2`.
 """
 
+import ast
 import contextlib
 import glob
 import json
@@ -241,6 +242,29 @@ def test_bad_number_is_one_line_before_anything(name, field, value, tmp_path, ca
     one_error_line(code, stderr, flag, value)
     assert not run_dirs(runs, name), "a run directory was made before the bad value was refused"
     assert not os.path.exists(runs) or not os.listdir(runs), os.listdir(runs)
+
+
+def bad_choice_cases():
+    """Every field a script lists in its CHOICES (a str option with a fixed set of values), given a value off it
+    (read from the source: the scripts are not imported at collection)."""
+    for name in script_names():
+        tree = ast.parse(open(script_path(name)).read())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["CHOICES"]:
+                for field in ast.literal_eval(node.value):
+                    yield pytest.param(name, field, id=f"{name}-{field}")
+
+
+@pytest.mark.parametrize("name, field", list(bad_choice_cases()))
+def test_bad_choice_is_one_line_before_anything(name, field, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    flag = "--" + field.replace("_", "-")
+    code, stderr = call(
+        name, with_flags(tiny_args(name, runs_dir=str(runs)), {flag: "no-such-choice"}), capsys, monkeypatch
+    )
+    one_error_line(code, stderr, flag, "no-such-choice")
+    assert not run_dirs(runs, name), "a run directory was made before the bad value was refused"
 
 
 # ---------------------------------------------------------------------------- 2. YAML values of the wrong type

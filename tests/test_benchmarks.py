@@ -4,6 +4,7 @@ One grid (bc and td3_bc x the shipped Pendulum data x 2 seeds, 30 updates each) 
 once for the module; the other tests reuse it, so the whole file takes well under a minute.
 """
 
+import ast
 import glob
 import json
 import os
@@ -255,9 +256,102 @@ def test_every_config_names_its_dataset_and_only_fields_the_script_has(folder):
         algo, *rest = os.path.relpath(path, root).split(os.sep)
         fields = run.script_fields(algo)
         config = yaml.safe_load(open(path))
-        assert config["dataset"] == "/".join(rest)[: -len(".yaml")], path
+        if rest[0] == "variants":  # another reference's whole setting, for any dataset (--dataset with it)
+            assert "dataset" not in config, path
+        else:
+            assert config["dataset"] == "/".join(rest)[: -len(".yaml")], path
         unknown = set(config) - set(fields)
         assert not unknown, f"{path}: {sorted(unknown)} are not fields of algorithms/{algo}.py"
+        # a str option with a fixed set of values (the script's CHOICES, checked only once main() runs)
+        for field, allowed in script_choices(algo).items():
+            if field in config:
+                assert config[field] in allowed, f"{path}: {field}: {config[field]!r} is not one of {allowed}"
+
+
+def script_choices(algo: str) -> dict:
+    """CHOICES of algorithms/<algo>.py, read from the source."""
+    tree = ast.parse(open(os.path.join(ROOT, "algorithms", f"{algo}.py")).read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["CHOICES"]:
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def test_configs_follow_their_references():
+    """Spot checks of the per-dataset values against the files the configs cite (see each file's comment)."""
+    configs = os.path.join(ROOT, "benchmarks", "configs")
+
+    def read(algo, dataset):
+        return yaml.safe_load(open(os.path.join(configs, algo, f"{dataset}.yaml")))
+
+    datasets = [f"{e}-{q}-v2" for e in ("halfcheetah", "hopper", "walker2d") for q in LEVELS]
+    for dataset in datasets:
+        awac, cql, iql = read("awac", dataset), read("cql", dataset), read("iql", dataset)
+        # CORL: λ 0.3333 and batch 256 on all 15; CQL α 10, actor lr 3e-5, reward scaling on hopper-medium only
+        assert (awac["awac_lambda"], awac["batch_size"], awac["weight_form"]) == (0.3333, 256, "exp")
+        assert (cql["cql_alpha"], cql["actor_lr"], cql["bc_steps"]) == (10.0, 3e-5, 0)
+        assert cql["reward_scaling"] == ("return_range" if dataset == "hopper-medium-v2" else "none")
+        assert iql["reward_scaling"] == "return_range"  # the official IQL code's rule for these three tasks
+        assert read("edac", dataset)["diversity_members"] == 0
+    # ReBRAC's (β₁, β₂) on all 15, as in CORL's configs/offline/rebrac/ (commit eeeeef2)
+    rebrac = {
+        "halfcheetah-random-v2": (0.001, 0.1),
+        "halfcheetah-medium-v2": (0.001, 0.01),
+        "halfcheetah-expert-v2": (0.01, 0.01),
+        "halfcheetah-medium-replay-v2": (0.01, 0.001),
+        "halfcheetah-medium-expert-v2": (0.01, 0.1),
+        "hopper-random-v2": (0.001, 0.01),
+        "hopper-medium-v2": (0.01, 0.01),
+        "hopper-expert-v2": (0.1, 0.1),
+        "hopper-medium-replay-v2": (0.05, 0.5),
+        "hopper-medium-expert-v2": (0.1, 0.01),
+        "walker2d-random-v2": (0.01, 0.0),
+        "walker2d-medium-v2": (0.05, 0.1),
+        "walker2d-expert-v2": (0.01, 0.5),
+        "walker2d-medium-replay-v2": (0.05, 0.01),
+        "walker2d-medium-expert-v2": (0.01, 0.01),
+    }
+    for dataset, betas in rebrac.items():
+        config = read("rebrac", dataset)
+        assert (config["actor_bc_coef"], config["critic_bc_coef"]) == betas, dataset
+    # SAC-N's N and EDAC's (N, η): CORL on the medium sets, LAMDA-RL/OfflineRL-Lib on random and expert
+    sac_n = {"halfcheetah": [10] * 5, "hopper": [500, 500, 500, 200, 200], "walker2d": [20, 20, 100, 20, 20]}
+    edac_n = {"halfcheetah": 10, "hopper": 50, "walker2d": 10}
+    for env in sac_n:
+        for q, n in zip(LEVELS, sac_n[env]):
+            assert read("sac_n", f"{env}-{q}-v2")["num_critics"] == n, (env, q)
+            edac = read("edac", f"{env}-{q}-v2")
+            eta = 5.0 if q == "medium-expert" and env != "hopper" else 1.0
+            assert (edac["num_critics"], edac["eta"]) == (edac_n[env], eta), (env, q)
+    # every file says where its values come from
+    for path in glob.glob(os.path.join(configs, "*", "**", "*.yaml"), recursive=True):
+        text = open(path).read()
+        assert "Source" in text or "as the authors" in text, path
+
+
+LEVELS = ("random", "medium", "expert", "medium-replay", "medium-expert")
+
+
+def test_cpu_configs_follow_the_one_rule():
+    """benchmarks/cpu/run.sh's rule for every model-free script: its defaults, with only the budget changed (phases
+    counted in updates scaled like num_updates) and every hidden layer 64 wide."""
+    run = load_script(RUN)
+    budget = {"dataset", "num_updates", "eval_every", "eval_episodes", "checkpoint_every"}
+    widths = {"hidden_dim", "second_hidden_dim", "vae_hidden_dim"}
+    phases = {"warmup_updates"}
+    root = os.path.join(ROOT, "benchmarks", "cpu", "configs")
+    model_free = [a for a in run.offline_algorithms() if "dynamics_members" not in run.script_fields(a)]
+    assert len(model_free) == 12, model_free
+    for algo in model_free:
+        defaults = load_script(algo).Args()
+        for path in glob.glob(os.path.join(root, algo, "**", "*.yaml"), recursive=True):
+            config = yaml.safe_load(open(path))
+            assert set(config) <= budget | widths | phases, f"{path}: {sorted(set(config) - budget - widths - phases)}"
+            assert (config["num_updates"], config["eval_every"], config["eval_episodes"]) == (10000, 1000, 10), path
+            for field in widths & set(vars(defaults)):
+                assert config.get(field) == 64, (path, field)
+            for field in phases & set(vars(defaults)):
+                assert config[field] == getattr(defaults, field) * 10000 // defaults.num_updates, (path, field)
 
 
 def test_speed_table(tmp_path):

@@ -441,6 +441,21 @@ def test_file_attributes_as_bytes_and_env_kwargs(tmp_path):
     assert data.ref_min_score is None and data.ref_max_score is None  # no reference returns: raw returns only
 
 
+def test_file_reward_scaling_attribute(tmp_path):
+    """A file may name the reward scaling it wants (read by scripts with --reward-scaling auto); env_id is kept."""
+    path = pendulum_file(tmp_path / "data.hdf5", attrs={"env_id": "Pendulum-v1", "reward_scaling": "return_range"})
+    data = bc.load_dataset(path, torch.device("cpu"))
+    assert (data.env_id, data.reward_scaling) == ("Pendulum-v1", "return_range")
+    plain = bc.load_dataset(pendulum_file(tmp_path / "plain.hdf5"), torch.device("cpu"))
+    assert (plain.env_id, plain.reward_scaling) == ("Pendulum-v1", None)
+
+
+def test_file_with_unknown_reward_scaling(tmp_path):
+    path = pendulum_file(tmp_path / "data.hdf5", attrs={"env_id": "Pendulum-v1", "reward_scaling": "times_ten"})
+    message = assert_dataset_error("reward_scaling", path)
+    assert "'times_ten'" in message and "none, return_range, minus_one" in message
+
+
 def test_no_usable_transitions(tmp_path):
     arrays = make_episodes([(1, "timeout"), (1, "timeout"), (1, "none")], next_observations=False)
     assert_dataset_error("transitions", pendulum_file_from(tmp_path, arrays))
@@ -491,6 +506,7 @@ def test_d4rl_name_from_local_folder(tmp_path, monkeypatch):
     np.testing.assert_array_equal(data.observations.numpy(), arrays["observations"])
     np.testing.assert_array_equal(data.next_observations.numpy(), arrays["next_observations"])
     assert data.terminals.sum() == 0 and len(data.rewards) == 10
+    assert (data.env_id, data.reward_scaling) == ("Hopper-v4", None)
     np.testing.assert_allclose(data.episode_returns, arrays["rewards"].reshape(2, 5).sum(1), rtol=1e-5)
 
 

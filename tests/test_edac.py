@@ -89,6 +89,50 @@ def test_batched_similarity_matches_a_loop_over_members():
     torch.testing.assert_close(similarity, expected.mean() / (members - 1), rtol=1e-5, atol=1e-6)
 
 
+def test_diversity_members_subset_by_hand():
+    """--diversity-members k (the release code, snu-mllab/EDAC 7f62728): ES over k members drawn anew each update,
+    1/(k-1) Σ_{i≠j in the subset} cos. Members' action gradients (1, 0), (0, 1), (1, 1), (-1, 0)."""
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    critic, target = LinearQ(w.clone()), LinearQ(w.clone())
+    actor = lambda obs: (torch.zeros(len(obs), 2), torch.zeros(len(obs)))  # noqa: E731
+    batch = (torch.randn(4, 3), torch.randn(4, 2), torch.randn(4), torch.randn(4, 3), torch.zeros(4))
+    r = 1 / math.sqrt(2)
+    cos = {(0, 1): 0.0, (0, 2): r, (0, 3): -1.0, (1, 2): r, (1, 3): 0.0, (2, 3): -r}
+
+    def es(subset):  # by hand: both ordered pairs of the subset, over k - 1
+        return sum(2 * cos[p] for p in itertools.combinations(subset, 2)) / (len(subset) - 1)
+
+    def draws(k, n):
+        torch.manual_seed(0)
+        return [m.critic_loss_fn(critic, target, actor, batch, 0.9, 1.0, 1.0, k)[2].item() for _ in range(n)]
+
+    everyone = es(range(4))  # (2/3)(1/√2 - 1)
+    for k in (0, 4):  # 0 and k = N: all members, no draw
+        assert all(math.isclose(v, everyone, abs_tol=1e-6) for v in draws(k, 3))
+    for k in (2, 3):
+        by_subset = {s: es(s) for s in itertools.combinations(range(4), k)}
+        seen = draws(k, 300)
+        matched = [[s for s, v in by_subset.items() if math.isclose(x, v, abs_tol=1e-5)] for x in seen]
+        assert all(matched), [x for x, s in zip(seen, matched) if not s][:5]  # every value is some subset's
+        values = sorted(set(by_subset.values()))
+        counts = [sum(math.isclose(x, v, abs_tol=1e-5) for x in seen) for v in values]
+        expected = [
+            300 * sum(math.isclose(b, v, abs_tol=1e-9) for b in by_subset.values()) / len(by_subset) for v in values
+        ]
+        assert all(abs(c - e) < 0.3 * e + 10 for c, e in zip(counts, expected)), (values, counts, expected)
+
+
+@pytest.mark.parametrize("k, n", [(1, 10), (11, 10)])
+def test_diversity_members_out_of_range_is_one_line(k, n, tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "algorithms", "edac.py"), "--dataset", "no-such-data-v2"]
+    command += ["--diversity-members", str(k), "--num-critics", str(n), "--runs-dir", str(tmp_path)]
+    env = {key: v for key, v in os.environ.items() if key != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: --diversity-members"), lines
+    assert not os.listdir(tmp_path)
+
+
 @pytest.mark.learning
 def test_learns(tmp_path):
     """EDAC learns Pendulum from the 3k-transition medium-replay data, whose behaviour scores 2.

@@ -400,3 +400,19 @@ def test_failed_final_write_removes_tmp(sac_run, tmp_path, monkeypatch):
     assert message.startswith("error:") and "\n" not in message
     assert out in message and "No space left on device" in message
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("rule", ["none", None])
+def test_reward_scaling_attribute(tmp_path, rule):
+    """--reward-scaling writes the file attribute the scripts' `--reward-scaling auto` follows; without it there is
+    none and the scripts decide by the task (a random Hopper file needs no SAC run: D4RL's reference returns)."""
+    out = str(tmp_path / "hopper-random.hdf5")
+    flag = ["--reward-scaling", rule] if rule else []
+    args = ["--level", "random", "--env-id", "Hopper-v4", "--num-steps", "20", "--ref-episodes", "1", "--out", out]
+    result = run_generate(args + flag)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with h5py.File(out, "r") as f:
+        assert f.attrs.get("reward_scaling") == rule
+    data = load_script("iql").load_dataset(out, torch.device("cpu"))
+    assert data.reward_scaling == rule
+    assert load_script("iql").reward_scaling_rule(data) == (rule or "return_range")  # Hopper-v4: locomotion

@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # The CPU-scale benchmark: every offline algorithm on the two shipped Pendulum datasets,
-# 3 seeds, 10,000 updates each, with the settings of benchmarks/cpu/configs/. About two hours
-# on a 2-core CPU (two cells at a time, one thread each). From the project root:
+# 3 seeds, 10,000 updates each, with the settings of benchmarks/cpu/configs/, two cells at a
+# time on one thread each. From the project root:
 #     bash benchmarks/cpu/run.sh            # runs into runs/cpu, report into benchmarks/results/cpu
 # Run it again after an interruption: finished cells are skipped, unfinished ones resumed.
 # Arguments go to benchmarks/run.py (e.g. --dry-run to list the cells and their commands).
+#
+# The rule of benchmarks/cpu/configs/, one for every model-free script (bc td3_bc iql awac crr awr
+# cql bcq bear sac_n edac rebrac), so that the table compares equal efforts: the script's defaults,
+# which are its paper's or named reference's settings (the Args docstrings say which), with only
+#   - the budget changed: num_updates 10,000, an evaluation of 10 episodes every 1,000 updates, a
+#     checkpoint every 2,500, and a phase the script counts in updates scaled like num_updates
+#     (BEAR's warm-up: 40,000 of 1M becomes 400 of 10,000); and
+#   - alike for every script, every hidden layer 64 units wide (hidden_dim, and BCQ's
+#     second_hidden_dim and BCQ's and BEAR's vae_hidden_dim).
+# Nothing else: learning rates, batch sizes, ensemble sizes, λ, β, α stay the defaults. The
+# model-based scripts (mopo morel mbpo) keep their defaults with the budget and the smaller
+# rollout batch and dynamics epochs named in their files.
 set -euo pipefail
 python=${PYTHON:-python}
 runs=${RUNS_DIR:-runs/cpu}
