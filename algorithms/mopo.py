@@ -11,8 +11,11 @@ deviation over all members of the ensemble, not only the elites that the transit
 sampled from (`--uncertainty aleatoric`: the paper, tianheyu927/mopo mopo/models/fake_env.py,
 and OfflineRL-Kit, whose per-dataset λ were tuned with it); `--uncertainty epistemic` uses the
 members' disagreement on the next state instead (the largest distance of a member's mean from
-their mean). Rollouts stop at predicted terminations (known rules for the MuJoCo tasks,
-otherwise learned from the data).
+their mean), and `--uncertainty pairwise` the largest distance between two members' next-state
+means in units of the data's std (Lu et al., "Revisiting Design Choices in Offline Model-Based
+RL", ICLR 2022; their tuned h and λ per dataset are in benchmarks/variants/mopo_pairwise/).
+Rollouts stop at predicted terminations (known rules for the MuJoCo tasks, otherwise learned
+from the data).
 
 Settings follow OfflineRL-Kit's MOPO (yihaosun1124/OfflineRL-Kit, run_example/run_mopo.py and
 offlinerlkit/policy/model_free/sac.py; the reference of the D4RL v2 numbers in benchmarks/):

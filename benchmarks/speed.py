@@ -262,6 +262,37 @@ def bear_macs(
     )
 
 
+def uwac_macs(
+    obs_dim: int,
+    act_dim: int,
+    hidden: int,
+    batch: int,
+    members: int = 2,
+    vae_hidden: int = 750,
+    mmd_samples: int = 4,
+    target_actions: int = 10,
+    passes: int = 100,
+) -> int:
+    """algorithms/uwac.py after its warm-up: bear.py's update, with every Q evaluation but the TD loss's own
+    (one stochastic pass) made of `passes` dropout passes, as rows of one batch: `target_actions` x `passes`
+    rows per s' for the target, `passes` rows per s for the actor's value. Spectral norm's power iteration
+    (a few matrix-vector products per layer) is left out."""
+    latent = 2 * act_dim
+    encoder = mlp_macs([obs_dim + act_dim, vae_hidden, vae_hidden, 2 * latent], batch)
+    decoder = mlp_macs([obs_dim + latent, vae_hidden, vae_hidden, act_dim], batch)
+    actor = mlp_macs([obs_dim, hidden, hidden, 2 * act_dim], batch)  # mean and log-std; samples share it
+    critic = members * mlp_macs([obs_dim + act_dim, hidden, hidden, 1], batch)  # one batched pass
+    return (
+        3 * (encoder + decoder)  # VAE forward + backward on (s, a)
+        + mmd_samples * decoder  # VAE samples at s for the MMD (no grad)
+        + 1 * actor  # actor on s' (no grad): the target's actions
+        + target_actions * passes * critic  # target Q-networks, every pass at every (s', a'_j) (no grad)
+        + 3 * critic  # Q-networks forward + backward on (s, a), one pass
+        + 3 * actor  # actor forward + backward on s
+        + 2 * passes * critic  # actor_value: every pass at (s, a ~ pi(s)), forward + input gradients
+    )
+
+
 def crr_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, num_samples: int = 4) -> int:
     """algorithms/crr.py: Gaussian actor (mean and log-std heads) and one critic, both 2x256; the advantage's
     baseline evaluates the critic on m = 4 policy actions per state in one batched pass."""
@@ -307,6 +338,7 @@ MACS_PER_UPDATE = {
     "cql": cql_macs,
     "bcq": bcq_macs,
     "bear": bear_macs,
+    "uwac": uwac_macs,
     "crr": crr_macs,
     "awr": awr_macs,
 }  # scripts not listed get "n/a"

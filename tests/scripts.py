@@ -25,6 +25,7 @@ TINY = {
     # small networks: these tests check the plumbing, the learning checks use real sizes
     "hidden_dim": 64,
     "num_critics": 3,
+    "dropout_samples": 10,  # uwac: Monte Carlo dropout passes
     # model-based scripts: a couple of dynamics epochs, small rollout batches
     "dynamics_max_epochs": 2,
     "rollout_batch_size": 100,

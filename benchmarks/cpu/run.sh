@@ -7,11 +7,11 @@
 # Arguments go to benchmarks/run.py (e.g. --dry-run to list the cells and their commands).
 #
 # The rule of benchmarks/cpu/configs/, one for every model-free script (bc td3_bc iql awac crr awr
-# cql bcq bear sac_n edac rebrac), so that the table compares equal efforts: the script's defaults,
+# cql bcq bear uwac sac_n edac rebrac), so that the table compares equal efforts: the script's defaults,
 # which are its paper's or named reference's settings (the Args docstrings say which), with only
 #   - the budget changed: num_updates 10,000, an evaluation of 10 episodes every 1,000 updates, a
 #     checkpoint every 2,500, and a phase the script counts in updates scaled like num_updates
-#     (BEAR's warm-up: 40,000 of 1M becomes 400 of 10,000); and
+#     (BEAR's and UWAC's warm-up: 40,000 of 1M becomes 400 of 10,000); and
 #   - alike for every script, every hidden layer 64 units wide (hidden_dim, and BCQ's
 #     second_hidden_dim and BCQ's and BEAR's vae_hidden_dim).
 # Nothing else: learning rates, batch sizes, ensemble sizes, λ, β, α stay the defaults. The
@@ -21,14 +21,14 @@ set -euo pipefail
 python=${PYTHON:-python}
 runs=${RUNS_DIR:-runs/cpu}
 out=${OUT_DIR:-benchmarks/results/cpu}
-algos="cql bcq bear mopo morel mbpo sac_n awac iql edac td3_bc rebrac crr awr bc"
+algos="cql bcq bear uwac mopo morel mbpo sac_n awac iql edac td3_bc rebrac crr awr bc"
 datasets="shipped/pendulum-medium-replay shipped/pendulum-medium"
 start=$(date +%s)
 "$python" benchmarks/run.py --algos $algos --datasets $datasets --seeds 0 1 2 \
     --configs-dir benchmarks/cpu/configs --runs-dir "$runs" --workers 2 --threads 1 --device cpu "$@"
 [[ " $* " == *" --dry-run "* ]] && exit 0
 minutes=$(( ($(date +%s) - start) / 60 ))
-"$python" benchmarks/report.py "$runs" --out "$out" --algos bc td3_bc iql awac crr awr cql bcq bear sac_n edac rebrac mopo morel mbpo --datasets $datasets
+"$python" benchmarks/report.py "$runs" --out "$out" --algos bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac mopo morel mbpo --datasets $datasets
 mkdir -p "$out"
 {
     echo "# How these tables were made"
