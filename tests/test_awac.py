@@ -127,21 +127,26 @@ def test_critic_target_uses_min_of_target_q_and_no_bootstrap_at_terminals():
 
 @pytest.mark.learning
 def test_learns(tmp_path):
-    """AWAC with its defaults (CORL's: λ = 1/3, batch 256, 3x256, standardised observations) on
-    shipped/pendulum-medium-replay (3k transitions, behaviour score 2.2), 3000 updates, against BC's
-    defaults on the same budget (AWAC's paper reports it above BC offline).
+    """AWAC with its defaults (CORL's: λ = 1/3, batch 256, 3 layers, standardised observations) but 64
+    units wide, as the CPU benchmark's rule has it, on shipped/pendulum-medium-replay (3k transitions,
+    behaviour score 2.2) for 4000 updates, against BC's defaults at 3000 updates (AWAC's paper reports
+    it above BC offline).
 
-    Runs made with these defaults (1 thread on the shared 2-core machine under load, 11-18
-    updates/s, 180-290 s each), scores at 1000/2000/3000 updates: seed 0: -10.7, 25.8, 80.2;
-    seed 1: -11.7, 27.4, 48.8; seed 2: -4.9, 27.0, 61.7. BC, seed 0: -1.8, 16.5, -2.4. Thresholds: 35 on
-    the best (the old defaults, rlkit's λ = 1 with a 4x256 actor, 2x256 critics and weight decay,
-    reached 33.4-40.7 here, so the test said 20), and 10 above BC's best. The seed is fixed at 0.
+    Runs made: the CPU benchmark's cells (`bash benchmarks/cpu/run.sh`, the same settings with 10,000
+    updates and evaluations every 1000; AWAC has no schedule over the budget, so its first 4000 updates
+    are this test's), scores at 1000/2000/3000/4000 updates: seed 0: -19.1, 24.7, 32.4, 72.8; seed 1:
+    -29.1, 23.1, 41.7, 70.1; seed 2: -31.9, 25.2, 43.3, 78.9 (this test re-made seed 0 exactly). BC, seed 0:
+    -1.4, 16.6, -1.5. At 3x256
+    (CORL's width) 3000 updates gave 80.2 / 48.8 / 61.7 at the end but took 180-290 s a run here, so the
+    check uses the benchmark's width. Thresholds: 50 on the best and 20 above BC's best. The seed is
+    fixed at 0.
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     best = {}
     for algo in ("awac", "bc"):
         command = [sys.executable, os.path.join(ROOT, "algorithms", f"{algo}.py")]
-        command += ["--dataset", "shipped/pendulum-medium-replay", "--num-updates", "3000", "--eval-every", "1000"]
+        budget = ["--num-updates", "4000", "--hidden-dim", "64"] if algo == "awac" else ["--num-updates", "3000"]
+        command += ["--dataset", "shipped/pendulum-medium-replay", *budget, "--eval-every", "1000"]
         command += ["--eval-episodes", "10", "--seed", "0", "--threads", "1", "--device", "cpu"]
         done = subprocess.run(
             command + ["--runs-dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
@@ -151,4 +156,4 @@ def test_learns(tmp_path):
         results = json.load(open(results))
         print_scores(algo, results)
         best[algo] = results["best_normalized_score"]
-    assert best["awac"] > 35.0 and best["awac"] > best["bc"] + 10.0, best
+    assert best["awac"] > 50.0 and best["awac"] > best["bc"] + 20.0, best
