@@ -136,9 +136,9 @@ def test_learns(tmp_path):
     updates and evaluations every 1000; AWAC has no schedule over the budget, so its first 4000 updates
     are this test's), scores at 1000/2000/3000/4000 updates: seed 0: -19.1, 24.7, 32.4, 72.8; seed 1:
     -29.1, 23.1, 41.7, 70.1; seed 2: -31.9, 25.2, 43.3, 78.9 (this test re-made seed 0 exactly). BC, seed 0:
-    -1.4, 16.6, -1.5. At 3x256 (CORL's width) 3000 updates gave 80.2 / 48.8 / 61.7 at the end but took 180-290 s a run here, so the
-    check uses the benchmark's width. Thresholds: 50 on the best and 20 above BC's best. The seed is
-    fixed at 0.
+    -1.4, 16.6, -1.5. At 3x256 (CORL's width) 3000 updates gave 80.2 / 48.8 / 61.7 at the end but
+    took 180-290 s a run here, so the check uses the benchmark's width. Thresholds: 50 on the best
+    and 20 above BC's best. The seed is fixed at 0.
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     best = {}
