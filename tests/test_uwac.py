@@ -62,6 +62,38 @@ def test_mc_dropout_has_variance_and_stays_on_in_eval_mode():
     assert torch.all((mean_a - mean_b).abs() < 6 * (2 * var_a / 400).sqrt())
 
 
+def test_dropout_masks_drop_p_of_the_units_independently():
+    critic, _, _ = critic_and_inputs(p=0.1)
+    mask = critic.dropped((2, 5000, 7, 33), torch.device("cpu"))  # an odd size: the last 64-bit draw is cut
+    assert mask.dtype == torch.bool and mask.shape == (2, 5000, 7, 33)
+    assert abs(mask.float().mean().item() - 0.1) < 0.002  # 2.3M units: the standard error is 0.0002
+    lanes = mask.flatten()[: 4 * (mask.numel() // 4)].view(-1, 4).float().mean(0)  # the 4 lanes of one draw
+    assert torch.all((lanes - 0.1).abs() < 0.003), lanes
+    pairs = mask.flatten()[:-1].float() * mask.flatten()[1:].float()  # neighbours (often one draw) are independent
+    assert abs(pairs.mean().item() - 0.01) < 0.001
+    critic.p = 0.0
+    assert not critic.dropped((1000,), torch.device("cpu")).any()
+    critic.p = 0.5
+    assert abs(critic.dropped((100_000,), torch.device("cpu")).float().mean().item() - 0.5) < 0.01
+
+
+def test_mc_passes_match_torch_dropout_in_distribution():
+    """The batched passes (shared first layer, masks from 16-bit lanes, 1 / (1 - p) on the weights) have the mean and
+    variance of the plain network with F.dropout after each hidden layer, pass by pass."""
+    critic, obs, actions = critic_and_inputs(p=0.2, passes=4000)
+    weights = critic.weights(False)
+    mean, var = critic.mc(obs, actions[:, :2], weights)
+    x = torch.cat([obs.unsqueeze(1).expand(-1, 2, -1), actions[:, :2]], -1).reshape(10, 1, -1).expand(-1, 4000, -1)
+    x = x.reshape(1, 40000, -1).expand(2, -1, -1)
+    for n, (w, b) in enumerate(weights):
+        x = torch.baddbmm(b, x, w)
+        if n < 2:
+            x = torch.nn.functional.dropout(torch.relu(x), 0.2, training=True)
+    ref = x.view(2, 5, 2, 4000)
+    assert torch.all((mean - ref.mean(-1)).abs() < 5 * (2 * var / 4000).sqrt())
+    assert torch.allclose(var, ref.var(-1), rtol=0.15)
+
+
 def test_spectral_norm_makes_the_largest_singular_value_one_like_torch():
     critic, obs, actions = critic_and_inputs(p=0.1, spectral=True, members=3)
     raw = [layer.weight.detach().clone() for layer in critic.layers]
