@@ -25,7 +25,9 @@ TINY = {
     # small networks: these tests check the plumbing, the learning checks use real sizes
     "hidden_dim": 64,
     "num_critics": 3,
+    "vae_hidden_dim": 64,  # bcq, bear, uwac: the behaviour VAE (750 wide by default)
     "dropout_samples": 10,  # uwac: Monte Carlo dropout passes
+    "warmup_updates": 10,  # bear, uwac: the MMD-only warm-up ends inside every tiny run
     # model-based scripts: a couple of dynamics epochs, small rollout batches
     "dynamics_max_epochs": 2,
     "rollout_batch_size": 100,
