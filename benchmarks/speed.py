@@ -275,21 +275,24 @@ def uwac_macs(
 ) -> int:
     """algorithms/uwac.py after its warm-up: bear.py's update, with every Q evaluation but the TD loss's own
     (one stochastic pass) made of `passes` dropout passes, as rows of one batch: `target_actions` x `passes`
-    rows per s' for the target, `passes` rows per s for the actor's value. Spectral norm's power iteration
-    (a few matrix-vector products per layer) is left out."""
+    rows per s' for the target, `passes` rows per s for the actor's value. The first layer comes before any
+    dropout, so it is counted once per (s, a), the layers after it once per pass. Spectral norm's power
+    iteration (a few matrix-vector products per layer) is left out."""
     latent = 2 * act_dim
     encoder = mlp_macs([obs_dim + act_dim, vae_hidden, vae_hidden, 2 * latent], batch)
     decoder = mlp_macs([obs_dim + latent, vae_hidden, vae_hidden, act_dim], batch)
     actor = mlp_macs([obs_dim, hidden, hidden, 2 * act_dim], batch)  # mean and log-std; samples share it
     critic = members * mlp_macs([obs_dim + act_dim, hidden, hidden, 1], batch)  # one batched pass
+    first = members * mlp_macs([obs_dim + act_dim, hidden], batch)  # the part every pass shares
+    per_pass = critic - first
     return (
         3 * (encoder + decoder)  # VAE forward + backward on (s, a)
         + mmd_samples * decoder  # VAE samples at s for the MMD (no grad)
         + 1 * actor  # actor on s' (no grad): the target's actions
-        + target_actions * passes * critic  # target Q-networks, every pass at every (s', a'_j) (no grad)
+        + target_actions * (first + passes * per_pass)  # target Q-networks at every (s', a'_j) (no grad)
         + 3 * critic  # Q-networks forward + backward on (s, a), one pass
         + 3 * actor  # actor forward + backward on s
-        + 2 * passes * critic  # actor_value: every pass at (s, a ~ pi(s)), forward + input gradients
+        + 2 * (first + passes * per_pass)  # actor_value at (s, a ~ pi(s)), forward + input gradients
     )
 
 
