@@ -256,7 +256,7 @@ class DropoutCritic(nn.Module):
         return torch.baddbmm(b2, x, w2 / (1.0 - self.p)).squeeze(-1)
 
     def dropped(self, shape: tuple, device: torch.device) -> torch.Tensor:
-        """True with probability p (to 1/65536): 16-bit lanes of random int64s, 3x faster than F.dropout on CPU."""
+        """True with probability p (to 1/65536): 16-bit lanes of random int64s, 2.5x faster than F.dropout on CPU."""
         size = math.prod(shape)
         bits = torch.empty((size + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
         return bits.view(torch.int16)[:size].view(shape) < round(self.p * 65536) - 32768

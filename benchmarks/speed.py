@@ -409,6 +409,8 @@ def time_script(
     ]
     if "dynamics_max_epochs" in script.read_text():  # model-based: the dynamics are timed apart (model_based_phases)
         command += ["--dynamics-max-epochs", "1"]
+    if "warmup_updates:" in script.read_text():  # BEAR, UWAC: time the full update their bound counts, not the warm-up
+        command += ["--warmup-updates", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     done = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True)
     results = sorted(runs_dir.glob("*/results.json"))
