@@ -307,8 +307,8 @@ def main():
     actor = Actor(obs_dim, act_dim, args.hidden_dim, probe.action_space.low, probe.action_space.high).to(device)
     probe.close()
     value_net = ValueNet(obs_dim, args.hidden_dim, args.gamma).to(device)
-    actor_opt = torch.optim.SGD(actor.parameters(), lr=args.actor_lr, momentum=args.momentum)
-    value_opt = torch.optim.SGD(value_net.parameters(), lr=args.critic_lr, momentum=args.momentum)
+    actor_opt = torch.optim.SGD(actor.parameters(), lr=args.actor_lr, momentum=args.momentum, fused=True)
+    value_opt = torch.optim.SGD(value_net.parameters(), lr=args.critic_lr, momentum=args.momentum, fused=True)
     n = len(data.rewards)
 
     def value_update(idx, returns):

@@ -15,7 +15,8 @@ Variant: the authors' code (apple/ml-uwac at 003911f: examples/UWAC_hdf5_d4rl.py
 rlkit/torch/sac/uwac_dropout.py, FlattenDropout_Mlp in rlkit/torch/networks.py) at its launcher's
 defaults. 2 Q-networks of 2x256 with dropout p = 0.1 after each hidden layer in every pass (training,
 targets, acting: their F.dropout keeps training=True) and spectral norm on all three layers (--SN, on;
---no-spectral-norm); mean and unbiased variance over 100 passes, one batched computation.
+--no-spectral-norm); mean and unbiased variance over 100 passes, one batched computation (on CPU one per
+block of (s, a) pairs whose activations, about 4 MB, stay in cache: half the time of one block at 256 wide).
 The TD loss's Q_k(s, a) is one stochastic pass (their qf.sample); the target is r + γ (1 - d) max_j
 [0.75 min_k Q̄'_k + 0.25 max_k Q̄'_k](s', a_j) with Q̄' the targets' mean over passes, a_j ~ π(s'), j ≤ 10,
 and its variance Var(s') = max_j Σ_k Var'_k(s', a_j): the largest summed variance over the 10 actions, as
@@ -257,14 +258,15 @@ class DropoutCritic(nn.Module):
 
     def dropped(self, shape: tuple, device: torch.device) -> torch.Tensor:
         """True with probability p (to 1/65536): 16-bit lanes of random int64s, 2.5x faster than F.dropout on CPU."""
-        size = math.prod(shape)
-        bits = torch.empty((size + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
-        return bits.view(torch.int16)[:size].view(shape) < round(self.p * 65536) - 32768
+        bits = torch.empty((math.prod(shape) + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
+        return bits.view(torch.int16)[: math.prod(shape)].view(shape) < round(self.p * 65536) - 32768
 
     def mc(self, obs: torch.Tensor, actions: torch.Tensor, weights: list) -> tuple[torch.Tensor, ...]:
-        """Mean and unbiased variance over the passes, in one batch: obs [B, d], actions [B, N, d_a] -> [K, B, N]."""
-        batch, n = actions.shape[:2]
-        q = self(obs.repeat_interleave(n, 0), actions.flatten(0, 1), weights, self.passes).unflatten(1, (batch, n, -1))
+        """Mean and unbiased variance over the passes: obs [B, d], actions [B, N, d_a] -> [K, B, N]."""
+        batch, n = actions.shape[:2]  # on CPU in blocks of (s, a) whose activations, 4 MB, stay in cache (2x faster)
+        rows = max(1, 2**20 // (self.passes * weights[1][1].numel())) if obs.device.type == "cpu" else batch * n
+        pairs = zip(obs.repeat_interleave(n, 0).split(rows), actions.flatten(0, 1).split(rows))
+        q = torch.cat([self(o, a, weights, self.passes) for o, a in pairs], 1).unflatten(1, (batch, n, -1))
         return q.mean(-1), q.var(-1)
 
 
@@ -333,9 +335,8 @@ def main():
         sys.exit(f"error: {e}")
     obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
     obs_mean, obs_std = standardize_observations(data, args.normalize_observations)
-    probe = data.make_env()
-    low, high = probe.action_space.low, probe.action_space.high
-    probe.close()
+    with data.make_env() as probe:
+        low, high = probe.action_space.low, probe.action_space.high
     actor = Actor(obs_dim, act_dim, args.hidden_dim, low, high).to(device)
     vae = VAE(obs_dim, act_dim, args.vae_hidden_dim, low, high).to(device)
     critic = DropoutCritic(

@@ -345,9 +345,16 @@ MACS_PER_UPDATE = {
     "crr": crr_macs,
     "awr": awr_macs,
 }  # scripts not listed get "n/a"
-# no matmul-only bound: the bound records 4 updates, but awr.py evaluates V over the whole dataset at the start
-# of every iteration of 1200 updates, which 4 recorded updates would count 300 times over
-NO_BOUND = {"awr"}
+# Scripts whose updates differ within a cycle: timed over whole cycles and bounded over one. awr.py's iteration
+# is 200 value steps, then 1000 policy steps, and V over the whole dataset three times (awr_macs).
+CYCLE = {"awr": 1200}
+BOUND_UPDATES = 4  # recorded updates of the other scripts (all alike)
+
+
+def timed_updates(name: str, updates: int) -> int:
+    """`updates`, rounded up to whole cycles for the scripts in CYCLE."""
+    cycle = CYCLE.get(name, 1)
+    return -(-updates // cycle) * cycle
 
 
 # ---------------------------------------------------------------- measurements
@@ -579,7 +586,7 @@ def replay_seconds(calls: list, blocks: int = 5, block_seconds: float = 0.3) -> 
     return min(passes(n) for _ in range(blocks)) / n
 
 
-def script_matmul_bound(script: Path, dataset: Path, threads: int, updates: int = 4) -> float:
+def script_matmul_bound(script: Path, dataset: Path, threads: int, updates: int = BOUND_UPDATES) -> float:
     """Updates/s if an update of `script` were its matrix products and nothing else (CPU only).
 
     Runs the script's own main() in this process for `updates` updates under the recorder, with
@@ -629,6 +636,8 @@ def matmul_bound_in_child(name: str, script: Path, dataset: Path, threads: int) 
             str(script),
             "--bound-dataset",
             str(dataset),
+            "--bound-updates",
+            str(CYCLE.get(name, BOUND_UPDATES)),
             "--threads",
             str(threads),
         ],
@@ -666,7 +675,8 @@ def report(rows: list[dict], peak: float, threads: int, device: torch.device, up
         f"- float32 matmul peak (2048x2048 @ 2048x2048, best block): {peak:.1f} GFLOP/s",
         f"- data: synthetic hopper-shaped D4RL file, {NUM_TRANSITIONS:,} transitions, obs {OBS_DIM}-d, action "
         f"{ACT_DIM}-d; "
-        f"{updates} updates per script, batch 256, evaluation time excluded",
+        f"{updates} updates per script (whole cycles of {', '.join(f'{k}: {v}' for k, v in CYCLE.items())}), "
+        "batch 256, evaluation time excluded",
         "- GFLOP per update: analytic count of the matmuls (benchmarks/speed.py, `MACS_PER_UPDATE`)",
         f"- command: `{command}`",
         "",
@@ -724,10 +734,11 @@ def main():
     )
     parser.add_argument("--bound-of", help=argparse.SUPPRESS)  # internal: one script's bound, in a child process
     parser.add_argument("--bound-dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--bound-updates", type=int, default=BOUND_UPDATES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bound_of:
         torch.set_num_threads(args.threads)
-        print(script_matmul_bound(Path(args.bound_of), Path(args.bound_dataset), args.threads))
+        print(script_matmul_bound(Path(args.bound_of), Path(args.bound_dataset), args.threads, args.bound_updates))
         return
     if args.updates < 1 or args.threads < 1:
         sys.exit("error: --updates and --threads must be positive")
@@ -752,10 +763,9 @@ def main():
         dataset = Path(tmp) / "synthetic-hopper.hdf5"
         write_synthetic_dataset(dataset)
         for name, script in scripts.items():
-            print(f"running {name} for {args.updates} updates ...", file=sys.stderr)
-            result = time_script(
-                name, script, dataset, Path(tmp) / "runs" / name, args.updates, args.threads, str(device)
-            )
+            updates = timed_updates(name, args.updates)
+            print(f"running {name} for {updates} updates ...", file=sys.stderr)
+            result = time_script(name, script, dataset, Path(tmp) / "runs" / name, updates, args.threads, str(device))
             if "error" in result:
                 print(f"  {name} failed: {result['error']}", file=sys.stderr)
                 rows.append({"name": name, "error": result["error"]})
@@ -763,7 +773,7 @@ def main():
             counter = MACS_PER_UPDATE.get(name)
             gflop = 2 * counter(OBS_DIM, ACT_DIM, HIDDEN, 256) / 1e9 if counter else None
             bound = None
-            if device.type == "cpu" and counter and name not in NO_BOUND and not args.no_bound:
+            if device.type == "cpu" and counter and not args.no_bound:
                 bound = matmul_bound_in_child(name, script, dataset, args.threads)
             rows.append(
                 {"name": name, "updates_per_second": result["updates_per_second"], "gflop": gflop, "bound": bound}

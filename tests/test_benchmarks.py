@@ -403,6 +403,9 @@ def test_speed_table(tmp_path):
     speed = load_script(os.path.join(ROOT, "benchmarks", "speed.py"))
     # one 2x256 MLP on hopper shapes, by hand: 256 rows x (11*256 + 256*256 + 256*3) multiply-adds
     assert speed.mlp_macs([11, 256, 256, 3], 256) == 256 * (11 * 256 + 256 * 256 + 256 * 3)
+    # AWR is timed over whole iterations (200 value + 1000 policy steps and V over the data), the rest as asked
+    assert [speed.timed_updates("awr", n) for n in (1, 1200, 1201)] == [1200, 1200, 2400]
+    assert speed.timed_updates("bc", 30) == 30
 
 
 @pytest.mark.parametrize(

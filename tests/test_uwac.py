@@ -46,6 +46,17 @@ def test_mc_dropout_without_dropout_has_zero_variance_and_the_plain_mean():
     assert not torch.allclose(single[0], single[1])  # two members, not one network twice
 
 
+def test_mc_in_cache_sized_blocks_keeps_every_pair_in_its_place():
+    """On CPU the passes run in blocks of (s, a) pairs (here 4 pairs of 4096 passes); the blocks reassemble in order."""
+    critic, obs, actions = critic_and_inputs(p=0.0, passes=4096)
+    weights = critic.weights(False)
+    assert 2**20 // (4096 * weights[1][1].numel()) == 4  # 20 pairs: 5 blocks
+    mean, var = critic.mc(obs, actions, weights)
+    assert torch.all(var.abs() < 1e-10)
+    single = torch.stack([critic(obs, actions[:, j], weights) for j in range(4)], -1)
+    assert torch.allclose(mean, single, atol=1e-6)
+
+
 def test_mc_dropout_has_variance_and_stays_on_in_eval_mode():
     critic, obs, actions = critic_and_inputs(p=0.1, passes=32)
     critic.eval()  # the authors' F.dropout ignores the module's mode
