@@ -13,15 +13,17 @@ transitions are learned with the target r - λ u(s, a) + γ (1 - d) min_k Q'_k(s
 no penalty. u is recomputed at every update with the current actor and target critics, all N x elites
 samples in one batched pass.
 
-The variant is the authors' code (yihaosun1124/mobile; the same in OfflineRL-Kit,
-offlinerlkit/policy/model_based/mobile.py): u spreads only the next-state value (reward and γ do not
-enter it), the backup is deterministic (no -α log π term, `--no-deterministic-backup` adds it), and
-the target is clamped from below. Their clamp is at 0, the lowest return when every reward is >= 0
+The variant is the authors' code (yihaosun1124/mobile, policies/mobile.py compute_lcb and learn; the
+same in OfflineRL-Kit, offlinerlkit/policy/model_based/mobile.py): u spreads only the next-state value
+(reward and γ do not enter it), the backup is deterministic (no -α log π term, `--no-deterministic-backup`
+adds it), and the target is clamped from below. Their clamp is at 0, the lowest return when every reward is >= 0
 (D4RL locomotion, whose configs in benchmarks/configs/mobile/ set it); on data with negative rewards
 (the shipped Pendulum sets, all <= 0) it would lift every target, so the default here
 (`--q-target-min None`) is the lowest return any policy can have, min(0, lowest reward in the data)
 / (1 - γ), which is their 0 where rewards are >= 0. Next states drawn for u are kept in the data's
-range (plus a margin) as the rollouts' are; theirs are not bounded. SAC settings are theirs (also
+range (plus a margin) as the rollouts' are; theirs are not bounded. u is computed for the model part of
+the minibatch only (theirs for all of it, then zeroed on the real part: the same targets), and the critic
+loss is summed over the critics (theirs averaged; the shared SAC block's choice). SAC settings are theirs (also
 those of mopo.py): actor lr 1e-4 on a cosine to 0, critic lr 3e-4, 2 critics, α auto-tuned toward -|A|
 and capped at 1, 50,000 rollouts every 1000 updates, the last 5 batches kept; h and λ per dataset
 in benchmarks/configs/mobile/. Divergence is never silent (mopo.py's check, SAC.check_values, with the
