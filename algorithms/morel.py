@@ -1636,7 +1636,8 @@ class SAC(nn.Module):
     LayerNorm after each hidden layer (`critic_layer_norm`, which bounds how far Q can extrapolate,
     Ball et al., ICML 2023), α capped at `alpha_max` (OfflineRL-Kit caps it at 1), and the actor's
     learning rate decayed to 0 on a cosine over `cosine_actor_steps` updates (OfflineRL-Kit; step
-    `actor_schedule` once per update).
+    `actor_schedule` once per update), a target without the entropy term (`deterministic_backup`,
+    the soft values then being plain returns) and a lower bound on the target (`target_min`).
     """
 
     def __init__(
@@ -1658,6 +1659,8 @@ class SAC(nn.Module):
         critic_members: int = 2,
         critic_layer_norm: bool = False,
         cosine_actor_steps: int = 0,
+        deterministic_backup: bool = False,
+        target_min: Optional[float] = None,
     ):
         super().__init__()
         self.actor = TanhGaussianActor(obs_dim, act_dim, hidden_dim, action_low, action_high)
@@ -1665,6 +1668,7 @@ class SAC(nn.Module):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(0.0 if autotune else float(np.log(alpha))), requires_grad=autotune)
         self.gamma, self.tau, self.autotune = gamma, tau, autotune
+        self.deterministic_backup, self.target_min = deterministic_backup, target_min
         self.alpha_max = float("inf") if alpha_max is None else alpha_max
         self.target_entropy = -float(act_dim) if target_entropy is None else target_entropy
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, fused=True)
@@ -1687,8 +1691,12 @@ class SAC(nn.Module):
         alpha = self.log_alpha.exp().detach().clamp(max=self.alpha_max)
         with torch.no_grad():  # soft Bellman target from the minimum of the two target critics
             next_actions, next_logp = self.actor(next_obs)
-            next_q = self.critic_target(next_obs, next_actions).min(0).values - alpha * next_logp
+            next_q = self.critic_target(next_obs, next_actions).min(0).values
+            if not self.deterministic_backup:
+                next_q = next_q - alpha * next_logp
             target_q = rewards + self.gamma * (1.0 - terminals) * next_q
+            if self.target_min is not None:
+                target_q = target_q.clamp(min=self.target_min)
         q = self.critic(obs, actions)
         critic_loss = ((q - target_q) ** 2).mean(1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
@@ -1725,8 +1733,9 @@ class SAC(nn.Module):
         minibatch) H is taken to be that, which bounds the values of policies as random as this one;
         without it, H is anything from the narrowest Gaussian's Σ (log σ_min + ½ log 2πe + log scale)
         up to the log-volume of the action box (the uniform policy), which bounds every policy's values.
+        With `deterministic_backup` the target has no entropy term, and Q is the plain return (α taken as 0).
         """
-        alpha = min(self.log_alpha.exp().item(), self.alpha_max)
+        alpha = 0.0 if self.deterministic_backup else min(self.log_alpha.exp().item(), self.alpha_max)
         scale = self.actor.action_scale
         h_max = torch.log(2 * scale).sum().item() if entropy is None else entropy
         h_min = (self.actor.LOG_STD_MIN + 0.5 * np.log(2 * np.pi * np.e) + torch.log(scale)).sum().item()

@@ -428,18 +428,24 @@ def time_script(
 
 
 def model_based_phases(dataset: Path, device: torch.device, threads: int) -> list[dict]:
-    """The three phases of the model-based scripts, timed on the shared blocks of mopo.py.
+    """The phases of the model-based scripts, timed on the shared blocks of mopo.py, and MOBILE's penalty.
 
     dynamics epoch: one epoch of ensemble training (7 members, 4x200, batch 256 per member) on
     the 200k synthetic transitions; rollout: 50,000 starts x 5 steps of the SAC actor in the
     ensemble (the 5 elites evaluated, as the uncertainties need); SAC update: one update on a
-    mixed minibatch of 256. Each with its multiply-add count (conventions above).
+    mixed minibatch of 256; MOBILE's penalty: u(s, a) of the 244 model transitions of that
+    minibatch (mobile.py's bellman_inconsistency: 10 next states from each of the 5 elites through
+    the actor and both target critics), which mobile.py adds to every SAC update. Each with its
+    multiply-add count (conventions above).
     """
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mopo_speed", ALGORITHMS / "mopo.py")
     mopo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mopo)
+    spec = importlib.util.spec_from_file_location("mobile_speed", ALGORITHMS / "mobile.py")
+    mobile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mobile)
     if device.type == "cpu":
         mopo.keep_freed_memory()  # as the scripts' pick_device does
     torch.manual_seed(0)
@@ -534,6 +540,29 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
             "bound": bound,
             "gflop": 2 * sac_macs / 1e9,
             "reference": "7.4 ms (OfflineRL-Kit)",
+        }
+    )
+
+    samples, elites, model_rows = 10, 5, 244
+    obs, actions = buffer.sample(model_rows)[:2]
+    penalty = lambda: mobile.bellman_inconsistency(model, agent.actor, agent.critic_target, obs, actions, samples)  # noqa: E731
+    for _ in range(5):
+        penalty()  # warm-up
+    n = 50
+    seconds = timed(lambda: [penalty() for _ in range(n)]) / n
+    bound = None
+    if device.type == "cpu":
+        with MatmulRecorder() as recorder:
+            penalty()
+        bound = replay_seconds(recorder.calls)
+    penalty_macs = elites * model_rows * per_sample + samples * elites * model_rows * (actor_macs + critic_macs)
+    rows.append(
+        {
+            "phase": "MOBILE's penalty, 244 model transitions x 5 elites x 10 next states",
+            "seconds": seconds,
+            "bound": bound,
+            "gflop": 2 * penalty_macs / 1e9,
+            "reference": "—",
         }
     )
     return rows
@@ -786,7 +815,7 @@ def main():
     text = report(rows, peak, args.threads, device, args.updates, command)
     if phases:
         text += (
-            "\n## Model-based phases (the shared blocks of mopo.py, morel.py, mbpo.py)\n\n"
+            "\n## Model-based phases (the shared blocks of mopo.py, mobile.py, morel.py, mbpo.py; MOBILE's penalty)\n\n"
             "| phase | time | GFLOP | achieved GFLOP/s | % of matmul peak | matmul-only bound | % of bound | "
             "reference (2 threads, this CPU) |\n"
             "|---|---:|---:|---:|---:|---:|---:|---|\n"

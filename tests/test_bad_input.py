@@ -397,7 +397,7 @@ def kill_at_second_checkpoint(argv: list, name: str, runs_dir, log) -> str:
 def test_resume_off_interval_boundaries(name, tmp_path, capsys, monkeypatch):
     """Checkpoints every 350 updates, evaluations every 300, logs every 150, rollouts every 200: a
     run killed after its checkpoint of step 700 resumes there, between every other interval, and
-    finishes; td3_bc and mopo (a model-free and a model-based one, to keep the time down) end with
+    finishes; td3_bc, mopo and mobile (a model-free and two model-based ones, to keep the time down) end with
     the evaluations and weights of the same run never killed."""
     intervals = {"--num-updates": 1000, "--checkpoint-every": 350, "--eval-every": 300, "--log-every": 150}
     if "rollout_every" in args_fields(name):
@@ -415,7 +415,7 @@ def test_resume_off_interval_boundaries(name, tmp_path, capsys, monkeypatch):
     code, stderr = call(name, ["--resume", run_dir], capsys, monkeypatch)
     assert code == 0, stderr[-3000:]
     assert [e["step"] for e in results_of(run_dir)["evaluations"]] == [300, 600, 900, 1000]
-    if name not in ("td3_bc", "mopo"):
+    if name not in ("td3_bc", "mopo", "mobile"):
         return
 
     whole = run(name, argv(tmp_path / "whole"), cwd=tmp_path)
