@@ -323,6 +323,20 @@ def test_configs_follow_their_references():
             edac = read("edac", f"{env}-{q}-v2")
             eta = 5.0 if q == "medium-expert" and env != "hopper" else 1.0
             assert (edac["num_critics"], edac["eta"]) == (edac_n[env], eta), (env, q)
+    # COMBO's (h, β): OfflineRL-Kit's run_example/run_combo.py on the medium sets; random: the medium-replay value,
+    # expert: the medium-expert value (both marked untuned in their files)
+    combo = {
+        "halfcheetah": [(5, 0.5), (5, 0.5), (5, 5.0), (5, 0.5), (5, 5.0)],
+        "hopper": [(5, 0.5), (5, 5.0), (5, 5.0), (5, 0.5), (5, 5.0)],
+        "walker2d": [(1, 0.5), (1, 5.0), (1, 5.0), (1, 0.5), (1, 5.0)],
+    }
+    for env, values in combo.items():
+        for q, (h, beta) in zip(LEVELS, values):
+            config = read("combo", f"{env}-{q}-v2")
+            assert (config["rollout_length"], config["cql_weight"], config["real_ratio"]) == (h, beta, 0.5), (env, q)
+            assert ("untuned" in open(os.path.join(configs, "combo", f"{env}-{q}-v2.yaml")).read()) == (
+                q in ("random", "expert")
+            )
     # every file says where its values come from
     for path in glob.glob(os.path.join(configs, "*", "**", "*.yaml"), recursive=True):
         text = open(path).read()
@@ -411,14 +425,14 @@ def test_speed_table(tmp_path):
 @pytest.mark.parametrize(
     "script, algos, cells",
     [
-        ("benchmarks/cpu/run.sh", None, 96),
+        ("benchmarks/cpu/run.sh", None, 102),
         ("benchmarks/cpu/run.sh", "bc td3_bc", 12),
         ("benchmarks/d4rl.sh", "bc td3_bc", 120),
     ],
 )
 def test_one_command_benchmarks_list_their_grid(tmp_path, script, algos, cells):
     """The one-command benchmarks (CPU tables, full D4RL tables) expand to the grid they promise:
-    CPU: 16 algorithms x 2 shipped datasets x 3 seeds, or the ALGOS subset; D4RL (bc and td3_bc here):
+    CPU: 17 algorithms x 2 shipped datasets x 3 seeds, or the ALGOS subset; D4RL (bc and td3_bc here):
     15 datasets x 4 seeds x 2 algorithms with every cell's per-dataset config found."""
     env = {k: v for k, v in ENV.items() if k != "ALGOS"} | {
         "PYTHON": sys.executable,
