@@ -111,6 +111,25 @@ def test_sampled_actions_and_one_batched_pass():
     assert torch.allclose(q_sampled, separate, atol=1e-5)
 
 
+class StateActor:
+    """A stand-in policy whose action and log-density are the state's first coordinate: which state each block of
+    sampled actions came from can be read off the actions."""
+
+    action_scale, action_bias = torch.tensor([10.0]), torch.tensor([0.0])
+
+    def __call__(self, obs):
+        return obs[..., :1], obs[..., 0] - 100.0
+
+
+def test_sampled_actions_come_from_uniform_then_pi_at_s_then_pi_at_next_s():
+    obs, next_obs = torch.tensor([[1.0, 0.0], [2.0, 0.0]]), torch.tensor([[5.0, 0.0], [6.0, 0.0]])
+    sampled, log_density = m.sampled_actions(StateActor(), obs, next_obs, 4)
+    assert torch.equal(sampled[:, 4:8, 0], torch.tensor([[1.0] * 4, [2.0] * 4]))  # π(·|s)
+    assert torch.equal(sampled[:, 8:, 0], torch.tensor([[5.0] * 4, [6.0] * 4]))  # π(·|s'), evaluated at s later
+    assert torch.equal(log_density[:, 4:], torch.tensor([[-99.0] * 4 + [-95.0] * 4, [-98.0] * 4 + [-94.0] * 4]))
+    assert torch.allclose(log_density[:, :4], torch.full((2, 4), -math.log(20.0)))  # uniform on [-10, 10]
+
+
 def test_importance_weights_estimate_the_integral():
     """(1/N) Σ exp(Q(a_j) - log μ(a_j)) → ∫ exp Q(a) da for each proposal, so the densities attached to the uniform
     and the policy samples (box volume; the block's tanh and scale Jacobians) are right."""
