@@ -793,7 +793,9 @@ def main():
             counter = MACS_PER_UPDATE.get(name)
             gflop = 2 * counter(OBS_DIM, ACT_DIM, HIDDEN, 256) / 1e9 if counter else None
             bound = None
-            if device.type == "cpu" and counter and not args.no_bound:
+            # model-based: a run's products are mostly its dynamics fit and rollouts, bounded as phases below
+            model_based = "dynamics_max_epochs" in script.read_text()
+            if device.type == "cpu" and counter and not model_based and not args.no_bound:
                 bound = matmul_bound_in_child(name, script, dataset, args.threads)
             rows.append(
                 {"name": name, "updates_per_second": result["updates_per_second"], "gflop": gflop, "bound": bound}
