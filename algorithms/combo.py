@@ -6,11 +6,12 @@ Optimization", NeurIPS 2021, https://arxiv.org/abs/2102.08363
 A probabilistic dynamics ensemble is fitted to the dataset once, and SAC learns on minibatches that
 mix real transitions (half) with short model rollouts (h steps) started from dataset states, as in
 MOPO, but with no uncertainty estimate and no reward penalty. The conservatism is in the critic
-instead (Sec. 4.1, Eq. 2): besides the soft Bellman error on the mixed batch, each Q-function is
-trained on β (E_ρ[Q(s, a)] - E_data[Q(s, a)]), which pushes Q down on (s, a) the data does not
-support (states of the model's rollouts, actions of the policy and off the data) and back up on the
-data's own (s, a). The learned Q is then a lower bound off the data, tighter than CQL's on it, and
-the policy cannot exploit the model's errors.
+instead (the paper's conservative policy evaluation): besides the Bellman error on the mixed batch
+(d_f), each Q-function is trained on β (E_ρ[Q(s, a)] - E_data[Q(s, a)]), which pushes Q down on
+(s, a) the data does not support (states of the model's rollouts, actions of the policy and off the
+data) and back up on the data's own (s, a). The policy's value under the learned Q is then a lower
+bound, less conservative than CQL's on the data's states, and the policy cannot exploit the model's
+errors.
 
 The variant is OfflineRL-Kit's COMBO (yihaosun1124/OfflineRL-Kit, offlinerlkit/policy/model_based/
 combo.py and run_example/run_combo.py, commit e3ce697), the reference of the published D4RL v2
@@ -31,10 +32,11 @@ it; OfflineRL-Kit's reshapes to [batch, N, 1] are discarded (combo.py line 188, 
 without assignment), so its logsumexp runs over the 3 kinds of each single sample (a [batch·N, 3]
 tensor), a different, weaker push-down. (2) One backward pass per update: the actor's loss uses the
 critics before this update's step, as OfflineRL-Kit's (it updates the actor first), but the critics'
-target and sampled actions use the actor before its step too (OfflineRL-Kit: after). (3) The SAC
-block's actor: log σ clamped to [-5, 2] (OfflineRL-Kit: unbounded σ head with its own clamp). (4) No
-`uniform_rollout` option (off in OfflineRL-Kit). The dynamics ensemble and its cache are the shared
-block's (mopo.py): one ensemble per dataset, seed and settings, reused by every model-based script.
+target and sampled actions use the actor before its step too (OfflineRL-Kit: after). (3) No
+`uniform_rollout` option (off in OfflineRL-Kit). The SAC block's actor is OfflineRL-Kit's (unbounded
+mean, state-dependent log σ clamped to [-5, 2]: offlinerlkit/modules/dist_module.py lines 104-112).
+The dynamics ensemble and its cache are the shared block's (mopo.py): one ensemble per dataset, seed
+and settings, reused by every model-based script.
 
 Divergence is never silent, as in mopo.py: at every log step the mean Q on the real and on the model
 part of the minibatch is checked against the values a policy can reach (SAC.check_values; with the
@@ -142,10 +144,10 @@ class Args:
     model_retain: int = 5
     """rollout batches kept in the model buffer"""
     real_ratio: float = 0.5
-    """f: fraction of each minibatch from the dataset, the rest from the model buffer (d_f in Eq. 2)"""
+    """f: fraction of each minibatch from the dataset, the rest from the model buffer (the paper's d_f)"""
     # the conservative term
     cql_weight: float = 5.0
-    """β in Eq. 2: weight of the push-down / push-up term (OfflineRL-Kit's cql_weight; per dataset in the configs)"""
+    """β: weight of the push-down / push-up term (OfflineRL-Kit's cql_weight; per dataset in the configs)"""
     push_down_states: str = "mixed"
     """states whose Q is pushed down: "mixed" (every state of the minibatch, OfflineRL-Kit's rho_s "mix")
     or "model" (the model rollouts' only, the paper's d_M̂(s))"""
@@ -273,7 +275,7 @@ def critic_values(
 def conservative_gap(
     q_data: torch.Tensor, q_sampled: torch.Tensor, log_density: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """Eq. 2's E_ρ[Q] - E_data[Q] with CQL(H)'s estimate of the first term, per member: the mean over push-down
+    """The paper's E_ρ[Q] - E_data[Q] with CQL(H)'s estimate of the first term, per member: the mean over push-down
     states of T log Σ_j exp((Q(s, a_j) - log μ_j(a_j|s)) / T) over their sampled actions a_j ~ μ_j (the constant
     -log 3N omitted, as CQL's code does), minus the mean Q on the data's (s, a). q_data [members, real],
     q_sampled [members, push, K], log_density [push, K]; returns [members]."""
