@@ -1570,11 +1570,18 @@ class TanhGaussianActor(nn.Module):
 
     LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low: np.ndarray, action_high: np.ndarray):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_dim: int,
+        action_low: np.ndarray,
+        action_high: np.ndarray,
+        hidden_layers: int = 2,
+    ):
         super().__init__()
-        self.trunk = nn.Sequential(
-            nn.Linear(obs_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
-        )
+        dims = [obs_dim] + [hidden_dim] * hidden_layers
+        self.trunk = nn.Sequential(*[m for a, b in zip(dims[:-1], dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())])
         self.head = nn.Linear(hidden_dim, 2 * act_dim)
         low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_scale", (high - low) / 2)
@@ -1598,18 +1605,20 @@ class TanhGaussianActor(nn.Module):
 class QEnsemble(nn.Module):
     """`members` Q-functions as one batched network: Q(s, a) has shape [members, batch]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, members: int = 2, layer_norm: bool = False):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_dim: int,
+        members: int = 2,
+        layer_norm: bool = False,
+        hidden_layers: int = 2,
+    ):
         super().__init__()
         norm = (lambda: nn.LayerNorm(hidden_dim, elementwise_affine=False)) if layer_norm else nn.Identity
-        self.net = nn.Sequential(
-            EnsembleLinear(obs_dim + act_dim, hidden_dim, members),
-            norm(),
-            nn.ReLU(),
-            EnsembleLinear(hidden_dim, hidden_dim, members),
-            norm(),
-            nn.ReLU(),
-            EnsembleLinear(hidden_dim, 1, members),
-        )
+        dims = [obs_dim + act_dim] + [hidden_dim] * hidden_layers
+        hidden = [m for a, b in zip(dims[:-1], dims[1:]) for m in (EnsembleLinear(a, b, members), norm(), nn.ReLU())]
+        self.net = nn.Sequential(*hidden, EnsembleLinear(hidden_dim, 1, members))
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
@@ -1632,6 +1641,7 @@ class SAC(nn.Module):
 
     `update` takes one minibatch (obs, actions, rewards, next_obs, terminals) and returns
     its statistics as detached tensors named by their tensorboard keys (no device synchronisation).
+    Actor and critics have `hidden_layers` hidden layers of `hidden_dim` units (SAC's 2 by default).
     Options: the critics' number (`critic_members`, the target takes the minimum over all) and
     LayerNorm after each hidden layer (`critic_layer_norm`, which bounds how far Q can extrapolate,
     Ball et al., ICML 2023), α capped at `alpha_max` (OfflineRL-Kit caps it at 1), and the actor's
@@ -1658,13 +1668,14 @@ class SAC(nn.Module):
         alpha_max: Optional[float] = None,
         critic_members: int = 2,
         critic_layer_norm: bool = False,
+        hidden_layers: int = 2,
         cosine_actor_steps: int = 0,
         deterministic_backup: bool = False,
         target_min: Optional[float] = None,
     ):
         super().__init__()
-        self.actor = TanhGaussianActor(obs_dim, act_dim, hidden_dim, action_low, action_high)
-        self.critic = QEnsemble(obs_dim, act_dim, hidden_dim, critic_members, critic_layer_norm)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, hidden_dim, action_low, action_high, hidden_layers)
+        self.critic = QEnsemble(obs_dim, act_dim, hidden_dim, critic_members, critic_layer_norm, hidden_layers)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(0.0 if autotune else float(np.log(alpha))), requires_grad=autotune)
         self.gamma, self.tau, self.autotune = gamma, tau, autotune

@@ -209,6 +209,25 @@ def cql_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, num_sampled: i
     )
 
 
+def combo_macs(
+    obs_dim: int, act_dim: int, hidden: int, batch: int, num_sampled: int = 10, real_ratio: float = 0.5
+) -> int:
+    """algorithms/combo.py's SAC update (its rollouts, every 1000 updates, are a phase below): 3x256 networks
+    (the SAC block's actor: one head of 2|A|); the critics run once, batched, over the minibatch's (s, a) and the
+    3N sampled actions of every push-down state (the whole mixed batch, its default); the N actions of pi(s) and
+    of pi(s') each come from the actor run on N copies of the state. real_ratio does not change the count."""
+    actor = mlp_macs([obs_dim, hidden, hidden, hidden, 2 * act_dim], batch)
+    critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, hidden, 1], batch)  # 2 members
+    return (
+        3 * actor  # actor forward + backward on s
+        + 1 * actor  # actor on s' (no grad): a' for the target
+        + 2 * num_sampled * actor  # actor on N copies of s and of s' (no grad): the 2N policy samples
+        + 2 * critic  # critic.frozen on (s, a~pi(s)): forward + input gradients (weights detached)
+        + 1 * critic  # target critics on (s', a') (no grad)
+        + 3 * (1 + 3 * num_sampled) * critic  # critics forward + backward on (s, a) and the 3N sampled actions
+    )
+
+
 def bcq_macs(
     obs_dim: int, act_dim: int, hidden: int, batch: int, hidden_dims=(400, 300), vae_hidden: int = 750, n: int = 10
 ) -> int:
@@ -339,6 +358,7 @@ MACS_PER_UPDATE = {
     "iql": iql_macs,
     "awac": awac_macs,
     "cql": cql_macs,
+    "combo": combo_macs,
     "bcq": bcq_macs,
     "bear": bear_macs,
     "uwac": uwac_macs,
@@ -802,7 +822,9 @@ def main():
             counter = MACS_PER_UPDATE.get(name)
             gflop = 2 * counter(OBS_DIM, ACT_DIM, HIDDEN, 256) / 1e9 if counter else None
             bound = None
-            if device.type == "cpu" and counter and not args.no_bound:
+            # model-based: a run's products are mostly its dynamics fit and rollouts, bounded as phases below
+            model_based = "dynamics_max_epochs" in script.read_text()
+            if device.type == "cpu" and counter and not model_based and not args.no_bound:
                 bound = matmul_bound_in_child(name, script, dataset, args.threads)
             rows.append(
                 {"name": name, "updates_per_second": result["updates_per_second"], "gflop": gflop, "bound": bound}

@@ -334,6 +334,20 @@ def test_configs_follow_their_references():
             config = read("mobile", f"{env}-{q}-v2")
             assert (config["rollout_length"], config["penalty_coef"], config["q_target_min"]) == (h, lam, 0.0), (env, q)
             assert config.get("autotune_alpha", True) == (env != "hopper" or q not in ("medium", "medium-replay"))
+    # COMBO's (h, β): OfflineRL-Kit's run_example/run_combo.py on the medium sets; random: the medium-replay value,
+    # expert: the medium-expert value (both marked untuned in their files)
+    combo = {
+        "halfcheetah": [(5, 0.5), (5, 0.5), (5, 5.0), (5, 0.5), (5, 5.0)],
+        "hopper": [(5, 0.5), (5, 5.0), (5, 5.0), (5, 0.5), (5, 5.0)],
+        "walker2d": [(1, 0.5), (1, 5.0), (1, 5.0), (1, 0.5), (1, 5.0)],
+    }
+    for env, values in combo.items():
+        for q, (h, beta) in zip(LEVELS, values):
+            config = read("combo", f"{env}-{q}-v2")
+            assert (config["rollout_length"], config["cql_weight"], config["real_ratio"]) == (h, beta, 0.5), (env, q)
+            assert ("untuned" in open(os.path.join(configs, "combo", f"{env}-{q}-v2.yaml")).read()) == (
+                q in ("random", "expert")
+            )
     # every file says where its values come from
     for path in glob.glob(os.path.join(configs, "*", "**", "*.yaml"), recursive=True):
         text = open(path).read()
