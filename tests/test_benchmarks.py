@@ -436,7 +436,7 @@ def test_speed_table(tmp_path):
 @pytest.mark.parametrize(
     "script, algos, cells",
     [
-        ("benchmarks/cpu/run.sh", None, 102),
+        ("benchmarks/cpu/run.sh", None, 108),
         ("benchmarks/cpu/run.sh", "bc td3_bc", 12),
         ("benchmarks/d4rl.sh", "bc td3_bc", 120),
     ],
