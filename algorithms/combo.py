@@ -30,8 +30,9 @@ batches kept, 1000 epochs of 1000 updates; per-dataset h and β in benchmarks/co
 Departures, named: (1) the log-sum-exp runs over all 3N sampled actions of a state, as CQL(H) means
 it; OfflineRL-Kit's reshapes to [batch, N, 1] are discarded (combo.py line 188, `value.reshape(...)`
 without assignment), so its logsumexp runs over the 3 kinds of each single sample (a [batch·N, 3]
-tensor), a different, weaker push-down. (2) One backward pass per update: the actor's loss uses the
-critics before this update's step, as OfflineRL-Kit's (it updates the actor first), but the critics'
+tensor), a different, weaker push-down; `--lse-over kinds` runs it so. (2) One backward pass per
+update: the actor's loss uses the critics before this update's step, as OfflineRL-Kit's (it updates
+the actor first), but the critics'
 target and sampled actions use the actor before its step too (OfflineRL-Kit: after). (3) No
 `uniform_rollout` option (off in OfflineRL-Kit). The SAC block's actor is OfflineRL-Kit's (unbounded
 mean, state-dependent log σ clamped to [-5, 2]: offlinerlkit/modules/dist_module.py lines 104-112).
@@ -155,6 +156,9 @@ class Args:
     """N: actions per push-down state drawn from each of uniform, π(·|s) and π(·|s') for log Σ_a exp Q"""
     cql_temperature: float = 1.0
     """temperature T of the log-sum-exp"""
+    lse_over: str = "all"
+    """the log-sum-exp's actions: "all" 3N of a state (CQL(H)) or "kinds", the 3 kinds of each of the N draws
+    apart, then averaged (OfflineRL-Kit as it runs, the code behind its published numbers and tuned β)"""
     lagrange_threshold: float = -1.0
     """τ of the Lagrange variant: when > 0, a multiplier α' ≥ 0 scales the term and is tuned so that
     β (log Σ exp Q - Q(data)) stays near τ; < 0 turns it off (OfflineRL-Kit's default)"""
@@ -216,7 +220,7 @@ class Args:
 # Ranges of this method's own settings, checked with the general rules of the config block
 # (counts >= 1, learning rates > 0, γ in (0, 1], fractions in [0, 1]) before anything runs.
 LIMITS = {"cql_weight": "[0, inf)", "cql_temperature": "(0, inf)"}
-CHOICES = {"push_down_states": ("mixed", "model")}
+CHOICES = {"push_down_states": ("mixed", "model"), "lse_over": ("all", "kinds")}
 
 
 @torch.no_grad()
@@ -273,14 +277,18 @@ def critic_values(
 
 
 def conservative_gap(
-    q_data: torch.Tensor, q_sampled: torch.Tensor, log_density: torch.Tensor, temperature: float
+    q_data: torch.Tensor, q_sampled: torch.Tensor, log_density: torch.Tensor, temperature: float, over: str = "all"
 ) -> torch.Tensor:
     """The paper's E_ρ[Q] - E_data[Q] with CQL(H)'s estimate of the first term, per member: the mean over push-down
     states of T log Σ_j exp((Q(s, a_j) - log μ_j(a_j|s)) / T) over their sampled actions a_j ~ μ_j (the constant
     -log 3N omitted, as CQL's code does), minus the mean Q on the data's (s, a). q_data [members, real],
-    q_sampled [members, push, K], log_density [push, K]; returns [members]."""
-    logsumexp = temperature * torch.logsumexp((q_sampled - log_density) / temperature, dim=-1)
-    return logsumexp.mean(-1) - q_data.mean(-1)
+    q_sampled [members, push, K], log_density [push, K]; returns [members]. over="kinds": a log-sum-exp over the
+    3 kinds of each draw j (K = 3N ordered uniform, π(s), π(s')), averaged over states and draws."""
+    x = (q_sampled - log_density) / temperature
+    if over == "kinds":  # [members, push, 3 kinds, N draws]: one log-sum-exp per draw over its 3 kinds
+        x = x.unflatten(-1, (3, -1)).transpose(-1, -2)
+    logsumexp = temperature * torch.logsumexp(x, dim=-1)
+    return logsumexp.flatten(1).mean(-1) - q_data.mean(-1)
 
 
 def lagrange_losses(term: torch.Tensor, log_alpha_prime: torch.Tensor, threshold: float) -> tuple:
@@ -359,7 +367,7 @@ def main():
         sampled, log_density = sampled_actions(agent.actor, obs[push], next_obs[push], args.num_sampled_actions)
         q, q_sampled = critic_values(agent.critic, obs, actions, obs[push], sampled)
         td_loss = ((q - target_q) ** 2).mean(1).sum()
-        gap = conservative_gap(q[:, :real_batch], q_sampled, log_density, args.cql_temperature)  # [members]
+        gap = conservative_gap(q[:, :real_batch], q_sampled, log_density, args.cql_temperature, args.lse_over)
         if lagrange:
             conservative_loss, alpha_prime_loss = lagrange_losses(
                 args.cql_weight * gap, log_alpha_prime, args.lagrange_threshold

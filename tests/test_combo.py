@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from conftest import ROOT, load_script
 from scripts import tiny_args
@@ -179,3 +180,18 @@ def test_run_logs_the_conservative_term(tmp_path):
     for tag in ("losses/cql_term", "values/q_data", "values/q_policy", "values/q_model", "charts/cql_alpha_prime"):
         assert tag in tags, sorted(tags)
     assert all(math.isfinite(e.value) for e in events.Scalars("losses/cql_term"))
+
+
+def test_conservative_gap_over_kinds_is_offlinerl_kits_per_draw_logsumexp():
+    """--lse-over kinds: one log-sum-exp per draw j over its uniform, π(s) and π(s') values (OfflineRL-Kit as it
+    runs), averaged over states and draws; the default's one over all 3N is larger (a log-sum-exp of more terms)."""
+    x = torch.tensor(
+        [[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]]
+    )  # 1 member, 1 state, K = 6: uniform 0, 1; π(s) 2, 3; π(s') 4, 5
+    zero = torch.zeros(1, 6)
+    kinds = m.conservative_gap(torch.zeros(1, 1), x, zero, 1.0, "kinds")
+    per_draw = [math.log(math.exp(0) + math.exp(2) + math.exp(4)), math.log(math.exp(1) + math.exp(3) + math.exp(5))]
+    assert kinds.item() == pytest.approx(sum(per_draw) / 2, abs=1e-5)
+    every = m.conservative_gap(torch.zeros(1, 1), x, zero, 1.0, "all")
+    assert every.item() == pytest.approx(math.log(sum(math.exp(v) for v in range(6))), abs=1e-5)
+    assert every.item() > kinds.item()
