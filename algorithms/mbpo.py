@@ -577,6 +577,8 @@ def check_args(args, hints: dict, limits: dict) -> Optional[str]:
     defaults = type(args)()
     for name, hint in hints.items():
         value = getattr(args, name)
+        if value is None:  # an optional setting left unset
+            continue
         if name in limits:
             rule = limits[name]
         elif name == "seed" or not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -1816,7 +1818,9 @@ class SAC(nn.Module):
         }
 
     @torch.no_grad()
-    def q_range(self, reward_low: float, reward_high: float, entropy: Optional[float] = None) -> tuple[float, float]:
+    def q_range(
+        self, reward_low: float, reward_high: float, entropy: Optional[float] = None, can_end: bool = False
+    ) -> tuple[float, float]:
         """The soft Q-values a policy can have when every reward lies in [reward_low, reward_high].
 
         Q = E Σ γ^t (r_t + γ α H(π(·|s_t+1))). With `entropy` (the current policy's mean entropy on the
@@ -1824,6 +1828,8 @@ class SAC(nn.Module):
         without it, H is anything from the narrowest Gaussian's Σ (log σ_min + ½ log 2πe + log scale)
         up to the log-volume of the action box (the uniform policy), which bounds every policy's values.
         With `deterministic_backup` the target has no entropy term, and Q is the plain return (α taken as 0).
+        `can_end`: episodes may end (terminals), so a value can also be a single step's reward, which lies
+        outside the endless sums when their per-step terms have the other sign.
         """
         alpha = 0.0 if self.deterministic_backup else min(self.log_alpha.exp().item(), self.alpha_max)
         scale = self.actor.action_scale
@@ -1831,18 +1837,24 @@ class SAC(nn.Module):
         h_min = (self.actor.LOG_STD_MIN + 0.5 * np.log(2 * np.pi * np.e) + torch.log(scale)).sum().item()
         h_min = min(h_min, h_max) if entropy is None else entropy
         g = self.gamma
-        return (reward_low + g * alpha * h_min) / (1 - g), (reward_high + g * alpha * h_max) / (1 - g)
+        low, high = (reward_low + g * alpha * h_min) / (1 - g), (reward_high + g * alpha * h_max) / (1 - g)
+        return (min(low, reward_low), max(high, reward_high)) if can_end else (low, high)
 
     @torch.no_grad()
     def check_values(
-        self, batches: dict, reward_low: float, reward_high: float, entropy: Optional[float] = None
+        self,
+        batches: dict,
+        reward_low: float,
+        reward_high: float,
+        entropy: Optional[float] = None,
+        can_end: bool = False,
     ) -> tuple[dict, Optional[str]]:
         """Mean Q on each named (obs, actions) batch, as values/q_<name>, and the divergence rule: the
         critic has diverged when such a mean is not finite, or lies above q_range (for the policy's
         current `entropy`, when given) by more than one reward range (reward_high - reward_low), or
         below it by more than the range's own width. Returns the logs and the problem, or None. It
         synchronises the device: call it at logging intervals only."""
-        low, high = self.q_range(reward_low, reward_high, entropy)
+        low, high = self.q_range(reward_low, reward_high, entropy, can_end)
         slack = reward_high - reward_low
         logs, problem = {"values/q_reachable_low": low, "values/q_reachable_high": high}, None
         for name, (obs, actions) in batches.items():

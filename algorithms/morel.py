@@ -29,6 +29,24 @@ common modern choice, and the same machinery and settings as mopo.py, so `diff m
 morel.py` shows only the pessimism), on the shared probabilistic ensemble (the elites' means
 for USAD).
 
+The offline-model-based-rl modes (Mr-Pepe, 2021, github.com/Mr-Pepe/offline-model-based-rl at 23bb1bf)
+live here because they are this P-MDP with another reward: the same detector ends the imagined episode
+where the ensemble disagrees, and `--mode` says what is paid inside. `survival` pays 1 per known step and
+0 on the unknown one (an agent that learns to stay where the model is sure); `exploration-penalty` pays
+`--exploration-weight` times the disagreement, the task reward discarded (it seeks what the model does not
+know, up to the edge of the known region); `exploration-partitioning` pays the model's reward below
+`--exploration-threshold`, 1 between it and the threshold, 0 beyond. Their units are Mr-Pepe's: the
+largest pairwise distance of member means with every state dimension divided by its std in the dataset
+(`--disagreement-units auto` picks those for the modes, raw next-state units for MOReL). His thresholds
+are absolute (`--ood-threshold`; his README runs both modes with 3.7 on halfcheetah-medium, for his
+model); without one the threshold is MOReL's rule, which `--pessimism 1` puts at the largest
+disagreement on the data. As in his code, the modes' agents learn from model rows only (a real row would
+pay the task reward), and every evaluation also logs where the policy goes: the mean disagreement of the
+(s, a) it visits in the real environment and the fraction of them inside the known region, beside the
+data's own (results.json). Differences from his code: our learner is this script's SAC on branched
+rollouts (his: continuous 50-rollout streams and SAC with a fixed α), and the detector uses the elites
+(his: all 7 members).
+
 Divergence is never silent: at every log step the mean Q on the real and on the model part of
 the minibatch is compared with the range of soft values a policy as random as the current one
 can reach (rewards in the range the critic is trained on, plus α times the policy's mean entropy,
@@ -39,6 +57,7 @@ finite, the run stops with one line, its last checkpoint kept and results.json s
 
 Example:
     python algorithms/morel.py --dataset shipped/hopper-medium-replay --num-updates 50000
+    python algorithms/morel.py --dataset shipped/hopper-medium --mode survival --pessimism 1
 
 Logged (tensorboard, in the run directory):
     losses/critic_loss          squared TD error of the critics against the soft target, summed over them
@@ -51,6 +70,8 @@ Logged (tensorboard, in the run directory):
     rollout/halt_rate           fraction of the last batch of model-rollout transitions that enter HALT (USAD)
     rollout/reward              their mean reward (the value of HALT where they enter it)
     rollout/terminal_rate       the fraction of them that end the rollout (termination or HALT)
+    eval/disagreement           (modes) mean disagreement of the (s, a) the policy visits in the environment
+    eval/known_fraction         (modes) the fraction of them inside the known region (disagreement <= threshold)
     eval/return                 mean return of the evaluation episodes
     eval/normalized_score       their mean D4RL normalised score
     charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
@@ -143,6 +164,23 @@ class Args:
     """disagreement: "epistemic" (max pairwise distance of member means, the paper) or "aleatoric" (max std norm)"""
     halt_penalty: float = 0.0
     """κ: HALT is absorbing with reward (lowest reward in the data - κ) every step, never better than a known state"""
+    ood_threshold: Optional[float] = None
+    """an absolute USAD threshold on the disagreement, in its units (see disagreement_units), instead of the
+    largest disagreement on the dataset / pessimism; Mr-Pepe's README runs the modes with 3.7 (his model)"""
+    disagreement_units: str = "auto"
+    """"raw" (next-state units, MOReL's authors) or "normalised" (each state dimension divided by its std in the
+    dataset: Mr-Pepe's u_epi, the units of his thresholds); "auto": raw for pmdp, normalised for the other modes"""
+    # the offline-model-based-rl modes (Mr-Pepe): the same P-MDP with another reward
+    mode: str = "pmdp"
+    """what the model pays: "pmdp" (MOReL: the task reward, HALT beyond the threshold), or the modes of Mr-Pepe's
+    offline-model-based-rl: "survival" (1 per known step, 0 and done beyond the threshold), "exploration-penalty"
+    (exploration_weight x disagreement, done beyond the threshold), "exploration-partitioning" (the model's reward
+    below exploration_threshold, 1 between it and the threshold, 0 and done beyond)"""
+    exploration_weight: float = 1.0
+    """exploration-penalty's bonus per unit of disagreement (Mr-Pepe's --pessimism, 1 in his README)"""
+    exploration_threshold: Optional[float] = None
+    """exploration-partitioning's lower threshold (Mr-Pepe's --pessimism), in the disagreement's units
+    (None: the mean disagreement on the dataset, the low end of the range his tuning searched)"""
     # SAC
     batch_size: int = 256
     """SAC minibatch size"""
@@ -196,35 +234,67 @@ class Args:
 
 # Ranges of this method's own settings, checked with the general rules of the config block
 # (counts >= 1, learning rates > 0, γ in (0, 1], fractions in [0, 1]) before anything runs.
-LIMITS = {"pessimism": "(0, inf)", "halt_penalty": "[0, inf)"}
+LIMITS = {
+    "pessimism": "(0, inf)",
+    "halt_penalty": "[0, inf)",
+    "ood_threshold": "(0, inf)",
+    "exploration_weight": "(0, inf)",
+    "exploration_threshold": "(0, inf)",
+}
+CHOICES = {
+    "mode": ("pmdp", "survival", "exploration-penalty", "exploration-partitioning"),
+    "uncertainty": ("epistemic", "aleatoric"),
+    "disagreement_units": ("auto", "raw", "normalised"),
+}
 
 
-def disagreement_of(mean: torch.Tensor, std: torch.Tensor, kind: str) -> torch.Tensor:
+def disagreement_of(
+    mean: torch.Tensor, std: torch.Tensor, kind: str, scale: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """USAD's statistic from the members' predictions of [Δobs, reward] ([members, batch, dims]), on the
     next-state dimensions only, as the authors' models predict s' alone (the reward is a known function
     there; with it, a task's large rewards would dominate the disagreement).
 
     epistemic: the paper's max over member pairs of ||μ_i(s, a) - μ_j(s, a)||;
     aleatoric: the largest norm of a member's predicted std.
+    `scale` (per state dimension) divides the predictions first: the dataset's state std gives Mr-Pepe's units.
     """
+    spread = std[..., :-1] if kind == "aleatoric" else mean[..., :-1]
+    if scale is not None:
+        spread = spread / scale
     if kind == "aleatoric":
-        return std[..., :-1].norm(dim=-1).amax(0)
-    members_first = mean[..., :-1].transpose(0, 1)  # [batch, members, obs_dim]
+        return spread.norm(dim=-1).amax(0)
+    members_first = spread.transpose(0, 1)  # [batch, members, obs_dim]
     return torch.cdist(members_first, members_first).amax((1, 2))
 
 
 @torch.no_grad()
+def disagreement_on(
+    model: "EnsembleDynamics",
+    observations: torch.Tensor,
+    actions: torch.Tensor,
+    uncertainty: str,
+    scale: Optional[torch.Tensor] = None,
+    chunk: int = 10_000,
+) -> torch.Tensor:
+    """The ensemble's disagreement on each (s, a) given, e.g. the dataset's own."""
+    return torch.cat(
+        [
+            disagreement_of(*model.step(observations[i : i + chunk], actions[i : i + chunk])[2:], uncertainty, scale)
+            for i in range(0, len(observations), chunk)
+        ]
+    )
+
+
 def usad_threshold(
-    model: "EnsembleDynamics", data: "OfflineData", uncertainty: str, pessimism: float, chunk: int = 10_000
+    model: "EnsembleDynamics",
+    data: "OfflineData",
+    uncertainty: str,
+    pessimism: float,
+    scale: Optional[torch.Tensor] = None,
 ) -> float:
     """The largest disagreement of the ensemble on the dataset's own (s, a), divided by the pessimism."""
-    largest = max(
-        disagreement_of(*model.step(data.observations[i : i + chunk], data.actions[i : i + chunk])[2:], uncertainty)
-        .max()
-        .item()
-        for i in range(0, len(data.rewards), chunk)
-    )
-    return largest / pessimism
+    return disagreement_on(model, data.observations, data.actions, uncertainty, scale).max().item() / pessimism
 
 
 def halt_value(reward_min: float, halt_penalty: float, gamma: float) -> float:
@@ -244,6 +314,35 @@ def halt(reward: torch.Tensor, done: torch.Tensor, disagreement: torch.Tensor, t
     return torch.where(unknown, torch.full_like(reward, halt_q), reward), done | unknown, unknown
 
 
+def mode_reward(
+    mode: str,
+    reward: torch.Tensor,
+    done: torch.Tensor,
+    disagreement: torch.Tensor,
+    threshold: float,
+    exploration_weight: float,
+    exploration_threshold: float,
+):
+    """The reward and done rule of the offline-model-based-rl modes (Mr-Pepe, 2021: survival, commit df17cc5;
+    offline exploration, 8aa0b8c and 1059684). Beyond the threshold the imagined episode ends, as in MOReL's
+    P-MDP; what is paid differs:
+      survival:                 1 on every known step, 0 on the unknown one (stay where the model is sure);
+      exploration-penalty:      exploration_weight x disagreement, the task reward discarded, the unknown step
+                                paid as well (his code does not zero it): seek what the model does not know;
+      exploration-partitioning: the model's reward where the disagreement is at most exploration_threshold,
+                                1 above it up to the threshold, 0 beyond.
+    """
+    unknown = disagreement > threshold
+    known = (~unknown).float()
+    if mode == "survival":
+        reward = known
+    elif mode == "exploration-penalty":
+        reward = exploration_weight * disagreement
+    else:  # exploration-partitioning
+        reward = torch.where(disagreement <= exploration_threshold, reward, known)
+    return reward, done | unknown, unknown
+
+
 @torch.no_grad()
 def rollout(
     model: "EnsembleDynamics",
@@ -254,14 +353,21 @@ def rollout(
     threshold: float,
     halt_q: float,
     uncertainty: str,
+    scale: Optional[torch.Tensor] = None,
+    mode: str = "pmdp",
+    exploration: tuple[float, float] = (1.0, 0.0),
 ) -> tuple[tuple[torch.Tensor, ...], dict]:
-    """h-step rollouts of the current policy in the P-MDP; a rollout stops at termination or HALT."""
+    """h-step rollouts of the current policy in the P-MDP; a rollout stops at termination or HALT.
+    `exploration` = (exploration_weight, exploration_threshold) of the exploration modes."""
     obs, steps = start_obs, []
     for _ in range(horizon):
         actions, _ = actor(obs)
         next_obs, reward, mean, std = model.step(obs, actions)
-        disagreement = disagreement_of(mean, std, uncertainty)
-        reward, done, unknown = halt(reward, done_fn(next_obs), disagreement, threshold, halt_q)
+        disagreement = disagreement_of(mean, std, uncertainty, scale)
+        if mode == "pmdp":
+            reward, done, unknown = halt(reward, done_fn(next_obs), disagreement, threshold, halt_q)
+        else:
+            reward, done, unknown = mode_reward(mode, reward, done_fn(next_obs), disagreement, threshold, *exploration)
         steps.append((obs, actions, reward, next_obs, done.float(), unknown.float()))
         obs = next_obs[~done]
         if len(obs) == 0:
@@ -275,10 +381,34 @@ def rollout(
     return (obs, actions, rewards, next_obs, terminals), stats
 
 
+def visited(
+    make_env: Callable[[], gym.Env], act: Callable, episodes: int, seed: int, device: torch.device
+) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
+    """evaluate()'s episodes and returns, with every (observation, action) the policy took in them (the
+    steps before each episode ended, none after): where in the model's known region the modes' policies go."""
+    envs = gym.vector.SyncVectorEnv([make_env for _ in range(episodes)])
+    obs, _ = envs.reset(seed=seed)
+    returns, running, seen = np.zeros(episodes), np.ones(episodes, dtype=bool), []
+    while running.any():
+        actions = act(obs)
+        seen.append((obs[running], actions[running]))
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        returns += reward * running
+        running &= ~(terminated | truncated)
+    envs.close()
+    observations, actions = (torch.as_tensor(np.concatenate(x), dtype=torch.float32, device=device) for x in zip(*seen))
+    return returns, (observations, actions)
+
+
+def add_to_results(run_dir: str, history: list, **extra) -> None:
+    """Rewrite results.json with the evaluations' extra fields and run-level `extra` added."""
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
+    write_results(run_dir, results | {"evaluations": history} | extra)
+
+
 def main():
-    args = parse_args(Args, LIMITS)
-    if args.uncertainty not in ("epistemic", "aleatoric"):
-        sys.exit(f"error: --uncertainty must be aleatoric or epistemic, not {args.uncertainty!r}")
+    args = parse_args(Args, LIMITS, CHOICES)
     set_seed(args.seed)
     device = pick_device(args.device, args.threads)
     try:
@@ -296,9 +426,19 @@ def main():
     )
     done_fn, done_source = termination_fn(data)
     print(f"termination: {done_source}")
-    threshold = usad_threshold(model, data, args.uncertainty, args.pessimism)
+    normalised = args.disagreement_units == "normalised" or (args.disagreement_units == "auto" and args.mode != "pmdp")
+    scale = data.observations.std(0).clamp_min(1e-12) if normalised else None
+    on_data = disagreement_on(model, data.observations, data.actions, args.uncertainty, scale)
+    threshold = args.ood_threshold or on_data.max().item() / args.pessimism
     halt_q = halt_value(data.rewards.min().item(), args.halt_penalty, args.gamma)
-    print(f"USAD: {args.uncertainty} disagreement threshold {threshold:.4f}, value of HALT {halt_q:.1f}")
+    exploration = (args.exploration_weight, args.exploration_threshold or on_data.mean().item())
+    known_on_data = (on_data <= threshold).float().mean().item()
+    print(
+        f"USAD: {args.uncertainty} disagreement ({'normalised' if normalised else 'raw'} units) on the data: mean "
+        f"{on_data.mean().item():.4g}, largest {on_data.max().item():.4g}; threshold {threshold:.4g} "
+        f"({100 * known_on_data:.1f} % of the data known); "
+        + (f"value of HALT {halt_q:.1f}" if args.mode == "pmdp" else f"mode {args.mode}")
+    )
 
     probe = data.make_env()
     agent = SAC(
@@ -322,7 +462,8 @@ def main():
     model_buffer = ReplayBuffer(
         args.rollout_batch_size * args.rollout_length * args.model_retain, obs_dim, act_dim, device
     )
-    real_batch = int(args.batch_size * args.real_ratio)
+    # the modes train on model rows only, as their authors do: a real row would pay the task reward
+    real_batch = int(args.batch_size * args.real_ratio) if args.mode == "pmdp" else 0
     update = torch.compile(agent.update) if args.compile else agent.update
 
     @torch.no_grad()
@@ -340,19 +481,34 @@ def main():
         history, clock_state = extra["history"], extra.get("clock")
     writer = make_writer(args, run_dir, step)
 
-    reward_range = (
-        data.rewards.min().item() - args.halt_penalty,
-        data.rewards.max().item(),
-    )  # HALT's per-step reward is the lowest
+    r_min, r_max = data.rewards.min().item(), data.rewards.max().item()
+    reward_range = {  # what the critic is trained on (HALT's per-step reward is the lowest)
+        "pmdp": (r_min - args.halt_penalty, r_max),
+        "survival": (0.0, 1.0),
+        "exploration-penalty": (0.0, args.exploration_weight * threshold),  # widened by what rollouts pay
+        "exploration-partitioning": (min(r_min, 0.0), max(r_max, 1.0)),
+    }[args.mode]
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
     clock, rollout_stats = TrainClock(clock_state), {}  # a run resumed between rollouts logs none until the next
     for step in bar:
         if (step - 1) % args.rollout_every == 0:
             start = data.observations[torch.randint(0, len(data.rewards), (args.rollout_batch_size,), device=device)]
             batch, rollout_stats = rollout(
-                model, agent.actor, start, args.rollout_length, done_fn, threshold, halt_q, args.uncertainty
+                model,
+                agent.actor,
+                start,
+                args.rollout_length,
+                done_fn,
+                threshold,
+                halt_q,
+                args.uncertainty,
+                scale,
+                args.mode,
+                exploration,
             )
             model_buffer.add(*batch)
+            if args.mode == "exploration-penalty":  # the bonus of an unknown step is not capped
+                reward_range = (0.0, max(reward_range[1], batch[2].max().item()))
         real, imagined = data.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
         logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
         agent.actor_schedule.step()
@@ -360,17 +516,34 @@ def main():
 
         if step % args.log_every == 0:
             values, problem = agent.check_values(
-                {"real": real[:2], "model": imagined[:2]}, *reward_range, logs["charts/entropy"].item()
+                {"real": real[:2], "model": imagined[:2]} if real_batch else {"model": imagined[:2]},
+                *reward_range,
+                logs["charts/entropy"].item(),
+                can_end=args.mode != "pmdp",  # the modes' imagined episodes end where the model is unsure
             )
             log_scalars(writer, logs | rollout_stats | values, step)
             if problem and args.stop_on_divergence:
                 stop_run(run_dir, writer, problem)
         if step % args.eval_every == 0 or step == args.num_updates:
             with clock.paused():
-                returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
-                bar.set_postfix(
-                    score=record_evaluation(run_dir, writer, history, step, returns, data, args.seed, clock)
-                )
+                if args.mode == "pmdp":
+                    returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
+                else:  # the task return, and where in the model's known region the policy goes
+                    returns, visits = visited(data.make_env, act, args.eval_episodes, args.seed + step, device)
+                score = record_evaluation(run_dir, writer, history, step, returns, data, args.seed, clock)
+                if args.mode != "pmdp":
+                    u = disagreement_on(model, *visits, args.uncertainty, scale)
+                    region = {"disagreement": u.mean().item(), "known_fraction": (u <= threshold).float().mean().item()}
+                    log_scalars(writer, {f"eval/{k}": v for k, v in region.items()}, step)
+                    history[-1].update(region)
+                    add_to_results(
+                        run_dir,
+                        history,
+                        threshold=threshold,
+                        data_disagreement=on_data.mean().item(),
+                        data_known_fraction=known_on_data,
+                    )
+                bar.set_postfix(score=score)
         if step % args.checkpoint_every == 0 or step == args.num_updates:
             with clock.paused():
                 save_checkpoint(checkpoint_path, step, trained, {"history": history, "clock": clock.state_dict()})
@@ -498,6 +671,8 @@ def check_args(args, hints: dict, limits: dict) -> Optional[str]:
     defaults = type(args)()
     for name, hint in hints.items():
         value = getattr(args, name)
+        if value is None:  # an optional setting left unset
+            continue
         if name in limits:
             rule = limits[name]
         elif name == "seed" or not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -1737,7 +1912,9 @@ class SAC(nn.Module):
         }
 
     @torch.no_grad()
-    def q_range(self, reward_low: float, reward_high: float, entropy: Optional[float] = None) -> tuple[float, float]:
+    def q_range(
+        self, reward_low: float, reward_high: float, entropy: Optional[float] = None, can_end: bool = False
+    ) -> tuple[float, float]:
         """The soft Q-values a policy can have when every reward lies in [reward_low, reward_high].
 
         Q = E Σ γ^t (r_t + γ α H(π(·|s_t+1))). With `entropy` (the current policy's mean entropy on the
@@ -1745,6 +1922,8 @@ class SAC(nn.Module):
         without it, H is anything from the narrowest Gaussian's Σ (log σ_min + ½ log 2πe + log scale)
         up to the log-volume of the action box (the uniform policy), which bounds every policy's values.
         With `deterministic_backup` the target has no entropy term, and Q is the plain return (α taken as 0).
+        `can_end`: episodes may end (terminals), so a value can also be a single step's reward, which lies
+        outside the endless sums when their per-step terms have the other sign.
         """
         alpha = 0.0 if self.deterministic_backup else min(self.log_alpha.exp().item(), self.alpha_max)
         scale = self.actor.action_scale
@@ -1752,18 +1931,24 @@ class SAC(nn.Module):
         h_min = (self.actor.LOG_STD_MIN + 0.5 * np.log(2 * np.pi * np.e) + torch.log(scale)).sum().item()
         h_min = min(h_min, h_max) if entropy is None else entropy
         g = self.gamma
-        return (reward_low + g * alpha * h_min) / (1 - g), (reward_high + g * alpha * h_max) / (1 - g)
+        low, high = (reward_low + g * alpha * h_min) / (1 - g), (reward_high + g * alpha * h_max) / (1 - g)
+        return (min(low, reward_low), max(high, reward_high)) if can_end else (low, high)
 
     @torch.no_grad()
     def check_values(
-        self, batches: dict, reward_low: float, reward_high: float, entropy: Optional[float] = None
+        self,
+        batches: dict,
+        reward_low: float,
+        reward_high: float,
+        entropy: Optional[float] = None,
+        can_end: bool = False,
     ) -> tuple[dict, Optional[str]]:
         """Mean Q on each named (obs, actions) batch, as values/q_<name>, and the divergence rule: the
         critic has diverged when such a mean is not finite, or lies above q_range (for the policy's
         current `entropy`, when given) by more than one reward range (reward_high - reward_low), or
         below it by more than the range's own width. Returns the logs and the problem, or None. It
         synchronises the device: call it at logging intervals only."""
-        low, high = self.q_range(reward_low, reward_high, entropy)
+        low, high = self.q_range(reward_low, reward_high, entropy, can_end)
         slack = reward_high - reward_low
         logs, problem = {"values/q_reachable_low": low, "values/q_reachable_high": high}, None
         for name, (obs, actions) in batches.items():

@@ -452,6 +452,8 @@ def check_args(args, hints: dict, limits: dict) -> Optional[str]:
     defaults = type(args)()
     for name, hint in hints.items():
         value = getattr(args, name)
+        if value is None:  # an optional setting left unset
+            continue
         if name in limits:
             rule = limits[name]
         elif name == "seed" or not isinstance(value, (int, float)) or isinstance(value, bool):

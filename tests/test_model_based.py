@@ -130,6 +130,45 @@ def test_q_range_by_hand():
     assert high == pytest.approx(-0.99 / 0.01, rel=1e-5) and low == pytest.approx((-16.0 - 0.99) / 0.01, rel=1e-5)
 
 
+def test_q_range_when_episodes_can_end():
+    """Rewards in [0, 1] (survival's) and a policy of entropy 1, α = 1: the endless sums give
+    [0.99 / 0.01, (1 + 0.99) / 0.01], but an imagined episode that ends at once is worth its one reward, 0."""
+    agent = make_agent()
+    low, high = agent.q_range(0.0, 1.0, entropy=1.0)
+    assert low == pytest.approx(99.0, rel=1e-5) and high == pytest.approx(199.0, rel=1e-5)
+    low, high = agent.q_range(0.0, 1.0, entropy=1.0, can_end=True)
+    assert low == 0.0 and high == pytest.approx(199.0, rel=1e-5)
+    # negative per-step terms (Pendulum's rewards): one step is the highest value, the endless sum the lowest
+    low, high = agent.q_range(-16.0, -1.0, entropy=-1.0, can_end=True)
+    assert high == -1.0 and low == pytest.approx((-16.0 - 0.99) / 0.01, rel=1e-5)
+
+
+def test_offline_mbrl_modes_by_hand():
+    """Mr-Pepe's modes on four rows: disagreement 0.1, 0.5, 0.9, 2.0 against threshold 1.0 (the last row
+    unknown), exploration threshold 0.4, model rewards -3 each, the second row terminal in the model."""
+    reward, done = torch.full((4,), -3.0), torch.tensor([False, True, False, False])
+    u = torch.tensor([0.1, 0.5, 0.9, 2.0])
+    r, d, unknown = morel.mode_reward("survival", reward, done, u, 1.0, 2.0, 0.4)
+    assert r.tolist() == [1.0, 1.0, 1.0, 0.0] and d.tolist() == [False, True, False, True]
+    assert unknown.tolist() == [False, False, False, True]
+    # the bonus is paid on the unknown step too, and the task reward is gone
+    r, d, _ = morel.mode_reward("exploration-penalty", reward, done, u, 1.0, 2.0, 0.4)
+    assert r.tolist() == pytest.approx([0.2, 1.0, 1.8, 4.0]) and d.tolist() == [False, True, False, True]
+    r, d, _ = morel.mode_reward("exploration-partitioning", reward, done, u, 1.0, 2.0, 0.4)
+    assert r.tolist() == [-3.0, 1.0, 1.0, 0.0] and d.tolist() == [False, True, False, True]
+
+
+def test_normalised_disagreement_is_in_dataset_state_units():
+    """Mr-Pepe's u_epi: the members' next-state means divided by the dataset's state std before the
+    largest pairwise distance. Means (0, 0) and (3, 4) with stds (3, 2) per dimension: ||(1, 2)|| = √5."""
+    mean = torch.tensor([[[0.0, 0.0, 7.0]], [[3.0, 4.0, -7.0]]])  # [members, batch, obs 2 + reward]
+    std = torch.full_like(mean, 0.1)
+    assert morel.disagreement_of(mean, std, "epistemic").item() == pytest.approx(5.0, abs=1e-5)
+    scale = torch.tensor([3.0, 2.0])
+    assert morel.disagreement_of(mean, std, "epistemic", scale).item() == pytest.approx(np.sqrt(5.0), abs=1e-5)
+    assert morel.disagreement_of(mean, std, "aleatoric", scale).item() == pytest.approx(np.hypot(0.1 / 3, 0.05))
+
+
 def test_divergence_rule_on_a_critic_made_to_diverge():
     agent = make_agent()
     obs, actions = torch.randn(64, 3), torch.rand(64, 1) * 4 - 2
