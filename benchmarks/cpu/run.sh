@@ -26,9 +26,10 @@ out=${OUT_DIR:-benchmarks/results/cpu}
 # ALGOS: a subset (e.g. the model-free scripts only); the report keeps the table's order
 algos=${ALGOS:-"cql bcq bear uwac mopo mobile combo morel mbpo sac_n awac iql edac td3_bc rebrac crr awr bc"}
 datasets="shipped/pendulum-medium-replay shipped/pendulum-medium"
+workers=${WORKERS:-2}  # cells at a time (1 leaves a core free for other work)
 start=$(date +%s)
 "$python" benchmarks/run.py --algos $algos --datasets $datasets --seeds 0 1 2 \
-    --configs-dir benchmarks/cpu/configs --runs-dir "$runs" --workers 2 --threads 1 --device cpu "$@"
+    --configs-dir benchmarks/cpu/configs --runs-dir "$runs" --workers "$workers" --threads 1 --device cpu "$@"
 [[ " $* " == *" --dry-run "* ]] && exit 0
 minutes=$(( ($(date +%s) - start) / 60 ))
 "$python" benchmarks/report.py "$runs" --out "$out" --algos $(for a in bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac mopo mobile combo morel mbpo; do
@@ -40,7 +41,7 @@ mkdir -p "$out"
     echo "- Command: \`${ALGOS:+ALGOS=\"$algos\" }bash benchmarks/cpu/run.sh\` (settings: \`benchmarks/cpu/configs/\`), last call took $minutes min"
     echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- Date: $(date -u +%Y-%m-%d)"
-    echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; two cells at a time, one thread each"
+    echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; $workers cell(s) at a time, one thread each"
     echo "- torch $("$python" -c 'import torch; print(torch.__version__)'), Python $("$python" -c 'import platform; print(platform.python_version())')"
 } > "$out/MACHINE.md"
 echo "report: $out/report.md"
