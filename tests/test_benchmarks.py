@@ -436,14 +436,14 @@ def test_speed_table(tmp_path):
 @pytest.mark.parametrize(
     "script, algos, cells",
     [
-        ("benchmarks/cpu/run.sh", None, 108),
+        ("benchmarks/cpu/run.sh", None, 114),
         ("benchmarks/cpu/run.sh", "bc td3_bc", 12),
         ("benchmarks/d4rl.sh", "bc td3_bc", 120),
     ],
 )
 def test_one_command_benchmarks_list_their_grid(tmp_path, script, algos, cells):
     """The one-command benchmarks (CPU tables, full D4RL tables) expand to the grid they promise:
-    CPU: 17 algorithms x 2 shipped datasets x 3 seeds, or the ALGOS subset; D4RL (bc and td3_bc here):
+    CPU: 19 algorithms x 2 shipped datasets x 3 seeds, or the ALGOS subset; D4RL (bc and td3_bc here):
     15 datasets x 4 seeds x 2 algorithms with every cell's per-dataset config found."""
     env = {k: v for k, v in ENV.items() if k != "ALGOS"} | {
         "PYTHON": sys.executable,
