@@ -457,9 +457,10 @@ def main():
             values, problem = agent.check_values(
                 {"real": real[:2], "model": imagined[:2]},
                 reward_low.item(),
-                # the range of every policy's soft values, not only of one as random as this one: after BC the
-                # policy's entropy is far below what the untrained critic (at 0) has been fitted to so far
                 data.rewards.max().item(),
+                # for a policy as random as this one (mopo's rule), from the second epoch on; in the first, the
+                # range of every policy's values: the critic starts at 0, above what a BC policy's entropy allows
+                logs["charts/entropy"].item() if step > args.rollout_every else None,
             )
             log_scalars(writer, logs | rollout_stats | adversary_stats | values, step)
             if problem and args.stop_on_divergence:
