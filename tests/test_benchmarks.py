@@ -348,6 +348,17 @@ def test_configs_follow_their_references():
             assert ("untuned" in open(os.path.join(configs, "combo", f"{env}-{q}-v2.yaml")).read()) == (
                 q in ("random", "expert")
             )
+    # RAMBO's (h, λ): the authors' examples/config/rambo/mujoco/ (marc-rigter/rambo); expert: their medium-expert value
+    rambo = {
+        "halfcheetah": [(5, 0.0), (5, 3e-4), (5, 3e-4), (5, 3e-4), (5, 3e-4)],
+        "hopper": [(2, 3e-4), (5, 3e-4), (5, 3e-4), (2, 3e-4), (5, 3e-4)],
+        "walker2d": [(5, 0.0), (5, 0.0), (2, 3e-4), (5, 0.0), (2, 3e-4)],
+    }
+    for env, values in rambo.items():
+        for q, (h, lam) in zip(LEVELS, values):
+            config = read("rambo", f"{env}-{q}-v2")
+            assert (config["rollout_length"], config["adv_weight"], config["real_ratio"]) == (h, lam, 0.5), (env, q)
+            assert ("untuned" in open(os.path.join(configs, "rambo", f"{env}-{q}-v2.yaml")).read()) == (q == "expert")
     # every file says where its values come from
     for path in glob.glob(os.path.join(configs, "*", "**", "*.yaml"), recursive=True):
         text = open(path).read()
