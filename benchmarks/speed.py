@@ -228,16 +228,13 @@ def combo_macs(
     )
 
 
-def rambo_macs(obs_dim: int, act_dim: int, hidden: int, batch: int, members: int = 7, hidden_dyn: int = 200) -> int:
-    """algorithms/rambo.py per update: SAC's update with 2x256 networks (the SAC block's actor: one head of 2|A|)
-    plus one adversary step, since it runs 1000 after every 1000 updates (the model's 7 members forward and
-    backward on `batch` rollout states and on `batch` real transitions each; the policy at s and s' and both
-    critics at (s', a') and (s, a) without gradient). Its rollouts, every 1000 updates, are a phase below."""
+def rambo_macs(obs_dim: int, act_dim: int, hidden: int, batch: int) -> int:
+    """algorithms/rambo.py's SAC update, 2x256 networks (the SAC block's actor: one head of 2|A|). Its adversary
+    steps (1000 after every 1000 updates, none in the first 1000, so a short timing has none) and its rollouts
+    are phases below: per update, a full run adds one adversary step (RAMBO's adversary step)."""
     actor = mlp_macs([obs_dim, hidden, hidden, 2 * act_dim], batch)
     critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, 1], batch)
-    model = members * mlp_macs([obs_dim + act_dim] + [hidden_dyn] * 4 + [2 * (obs_dim + 1)], batch)
-    sac = 1 * actor + 1 * critic + 3 * critic + 3 * actor + 2 * critic  # target, critics, actor with frozen critics
-    return sac + 3 * model + 3 * model + 2 * actor + 2 * critic
+    return 1 * actor + 1 * critic + 3 * critic + 3 * actor + 2 * critic  # target, critics, actor on frozen critics
 
 
 def bcq_macs(
