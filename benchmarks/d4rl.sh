@@ -12,7 +12,7 @@
 set -euo pipefail
 python=${PYTHON:-python}
 runs=${RUNS_DIR:-runs/d4rl}
-algos=${ALGOS:-"bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac mopo mobile combo mbpo"}
+algos=${ALGOS:-"bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac mopo mobile combo rambo mbpo"}
 datasets=""
 for env in halfcheetah hopper walker2d; do
     for level in random medium medium-replay medium-expert expert; do

@@ -228,6 +228,15 @@ def combo_macs(
     )
 
 
+def rambo_macs(obs_dim: int, act_dim: int, hidden: int, batch: int) -> int:
+    """algorithms/rambo.py's SAC update, 2x256 networks (the SAC block's actor: one head of 2|A|). Its adversary
+    steps (1000 after every 1000 updates, none in the first 1000, so a short timing has none) and its rollouts
+    are phases below: per update, a full run adds one adversary step (RAMBO's adversary step)."""
+    actor = mlp_macs([obs_dim, hidden, hidden, 2 * act_dim], batch)
+    critic = 2 * mlp_macs([obs_dim + act_dim, hidden, hidden, 1], batch)
+    return 1 * actor + 1 * critic + 3 * critic + 3 * actor + 2 * critic  # target, critics, actor on frozen critics
+
+
 def bcq_macs(
     obs_dim: int, act_dim: int, hidden: int, batch: int, hidden_dims=(400, 300), vae_hidden: int = 750, n: int = 10
 ) -> int:
@@ -359,6 +368,7 @@ MACS_PER_UPDATE = {
     "awac": awac_macs,
     "cql": cql_macs,
     "combo": combo_macs,
+    "rambo": rambo_macs,
     "bcq": bcq_macs,
     "bear": bear_macs,
     "uwac": uwac_macs,
@@ -436,6 +446,8 @@ def time_script(
     ]
     if "dynamics_max_epochs" in script.read_text():  # model-based: the dynamics are timed apart (model_based_phases)
         command += ["--dynamics-max-epochs", "1"]
+    if "bc_updates:" in script.read_text():  # RAMBO: its BC pretraining is not part of the updates timed
+        command += ["--bc-updates", "0"]
     if "warmup_updates:" in script.read_text():  # BEAR, UWAC: time the full update their bound counts, not the warm-up
         command += ["--warmup-updates", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -448,15 +460,18 @@ def time_script(
 
 
 def model_based_phases(dataset: Path, device: torch.device, threads: int) -> list[dict]:
-    """The phases of the model-based scripts, timed on the shared blocks of mopo.py, and MOBILE's penalty.
+    """The phases of the model-based scripts, timed on the shared blocks of mopo.py, MOBILE's penalty and RAMBO's
+    adversary step.
 
     dynamics epoch: one epoch of ensemble training (7 members, 4x200, batch 256 per member) on
     the 200k synthetic transitions; rollout: 50,000 starts x 5 steps of the SAC actor in the
     ensemble (the 5 elites evaluated, as the uncertainties need); SAC update: one update on a
     mixed minibatch of 256; MOBILE's penalty: u(s, a) of the 244 model transitions of that
     minibatch (mobile.py's bellman_inconsistency: 10 next states from each of the 5 elites through
-    the actor and both target critics), which mobile.py adds to every SAC update. Each with its
-    multiply-add count (conventions above).
+    the actor and both target critics), which mobile.py adds to every SAC update; RAMBO's adversary step
+    (rambo.py's adversary_step: the model's adversarial update on 256 rollout states plus its NLL on 256 real
+    transitions per member), of which rambo.py runs one per SAC update. Each with its multiply-add count
+    (conventions above).
     """
     import importlib.util
 
@@ -466,6 +481,9 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
     spec = importlib.util.spec_from_file_location("mobile_speed", ALGORITHMS / "mobile.py")
     mobile = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mobile)
+    spec = importlib.util.spec_from_file_location("rambo_speed", ALGORITHMS / "rambo.py")
+    rambo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rambo)
     if device.type == "cpu":
         mopo.keep_freed_memory()  # as the scripts' pick_device does
     torch.manual_seed(0)
@@ -582,6 +600,40 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
             "seconds": seconds,
             "bound": bound,
             "gflop": 2 * penalty_macs / 1e9,
+            "reference": "—",
+        }
+    )
+
+    # RAMBO's adversary step (rambo.py's adversary_step), run as often as SAC updates (1000 after every 1000):
+    # the policy at 256 rollout states, all 7 members on them with gradient, a' = pi(s') and both critics at
+    # (s', a') and (s, a) for the advantage, the supervised NLL on 256 real transitions per member, one backward
+    adversary_opt = torch.optim.Adam(model.optimizer_groups(), lr=3e-4, fused=True)
+    adv_obs = data.observations[:256]
+    idx = torch.randint(0, NUM_TRANSITIONS, (members, 256), device=device)
+    targets = torch.cat([data.next_observations - data.observations, data.rewards[:, None]], -1)
+    real = (data.observations[idx], data.actions[idx], targets[idx])
+    step = lambda: rambo.adversary_step(model, adversary_opt, agent, adv_obs, real, never, 3e-4, 0.99)  # noqa: E731
+    for _ in range(5):
+        step()  # warm-up
+    n = 50
+    seconds = timed(lambda: [step() for _ in range(n)]) / n
+    bound = None
+    if device.type == "cpu":
+        with MatmulRecorder() as recorder:
+            step()
+        bound = replay_seconds(recorder.calls)
+    adversary_macs = 256 * (
+        3 * members * per_sample  # members on the rollout states, forward + backward
+        + 3 * members * per_sample  # members on the real transitions (NLL), forward + backward
+        + 2 * actor_macs  # the policy at s and at s' (no grad)
+        + 2 * critic_macs  # both critics at (s', a') and (s, a) (no grad)
+    )
+    rows.append(
+        {
+            "phase": "RAMBO's adversary step, 256 rollout states + 256 real transitions x 7 members",
+            "seconds": seconds,
+            "bound": bound,
+            "gflop": 2 * adversary_macs / 1e9,
             "reference": "—",
         }
     )
@@ -837,7 +889,8 @@ def main():
     text = report(rows, peak, args.threads, device, args.updates, command)
     if phases:
         text += (
-            "\n## Model-based phases (the shared blocks of mopo.py, mobile.py, morel.py, mbpo.py; MOBILE's penalty)\n\n"
+            "\n## Model-based phases (the shared blocks of mopo.py, mobile.py, morel.py, mbpo.py; MOBILE's penalty; "
+            "RAMBO's adversary step)\n\n"
             "| phase | time | GFLOP | achieved GFLOP/s | % of matmul peak | matmul-only bound | % of bound | "
             "reference (2 threads, this CPU) |\n"
             "|---|---:|---:|---:|---:|---:|---:|---|\n"

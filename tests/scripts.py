@@ -32,6 +32,8 @@ TINY = {
     "dynamics_max_epochs": 2,
     "rollout_batch_size": 100,
     "rollout_every": 20,
+    "adversary_steps": 10,  # rambo: its adversary's turn after every epoch (1000 steps by default)
+    "bc_updates": 20,  # rambo: BC pretraining (50 passes over the data by default)
 }
 
 

@@ -363,7 +363,8 @@ def test_resume_refuses_a_new_budget_under_a_cosine_schedule(name, tmp_path, cap
     """Where the actor's learning rate follows a cosine over --num-updates, the budget is part of what
     is learned: a resume that changes it is refused in one line that says why, and writes nothing."""
     monkeypatch.chdir(tmp_path)
-    result = run(name, tiny_args(name, runs_dir=str(tmp_path / "runs")), cwd=tmp_path)
+    # the schedule switched on (rambo's default is the authors' constant rate)
+    result = run(name, tiny_args(name, runs_dir=str(tmp_path / "runs")) + ["--cosine-actor-lr"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path / "runs", name)
     before = snapshot(run_dir)

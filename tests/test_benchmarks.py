@@ -348,6 +348,17 @@ def test_configs_follow_their_references():
             assert ("untuned" in open(os.path.join(configs, "combo", f"{env}-{q}-v2.yaml")).read()) == (
                 q in ("random", "expert")
             )
+    # RAMBO's (h, λ): the authors' examples/config/rambo/mujoco/ (marc-rigter/rambo); expert: their medium-expert value
+    rambo = {
+        "halfcheetah": [(5, 0.0), (5, 3e-4), (5, 3e-4), (5, 3e-4), (5, 3e-4)],
+        "hopper": [(2, 3e-4), (5, 3e-4), (5, 3e-4), (2, 3e-4), (5, 3e-4)],
+        "walker2d": [(5, 0.0), (5, 0.0), (2, 3e-4), (5, 0.0), (2, 3e-4)],
+    }
+    for env, values in rambo.items():
+        for q, (h, lam) in zip(LEVELS, values):
+            config = read("rambo", f"{env}-{q}-v2")
+            assert (config["rollout_length"], config["adv_weight"], config["real_ratio"]) == (h, lam, 0.5), (env, q)
+            assert ("untuned" in open(os.path.join(configs, "rambo", f"{env}-{q}-v2.yaml")).read()) == (q == "expert")
     # every file says where its values come from
     for path in glob.glob(os.path.join(configs, "*", "**", "*.yaml"), recursive=True):
         text = open(path).read()
@@ -436,14 +447,14 @@ def test_speed_table(tmp_path):
 @pytest.mark.parametrize(
     "script, algos, cells",
     [
-        ("benchmarks/cpu/run.sh", None, 108),
+        ("benchmarks/cpu/run.sh", None, 114),
         ("benchmarks/cpu/run.sh", "bc td3_bc", 12),
         ("benchmarks/d4rl.sh", "bc td3_bc", 120),
     ],
 )
 def test_one_command_benchmarks_list_their_grid(tmp_path, script, algos, cells):
     """The one-command benchmarks (CPU tables, full D4RL tables) expand to the grid they promise:
-    CPU: 17 algorithms x 2 shipped datasets x 3 seeds, or the ALGOS subset; D4RL (bc and td3_bc here):
+    CPU: 19 algorithms x 2 shipped datasets x 3 seeds, or the ALGOS subset; D4RL (bc and td3_bc here):
     15 datasets x 4 seeds x 2 algorithms with every cell's per-dataset config found."""
     env = {k: v for k, v in ENV.items() if k != "ALGOS"} | {
         "PYTHON": sys.executable,

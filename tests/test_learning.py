@@ -179,6 +179,27 @@ def test_offline_mbrl_modes_learn_their_objective(tmp_path, dynamics_cache, mode
 
 
 @pytest.mark.learning
+def test_rambo_beats_the_data(tmp_path, dynamics_cache):
+    """RAMBO on shipped/pendulum-medium-replay (behaviour data 2.2), the same ensemble as MOPO, its defaults (λ 3e-4,
+    h 5, 1000 adversary steps after every 1000 updates) at 3,000 updates (two adversary turns) and BC scaled like
+    5k updates (500 steps: the authors' 195k beside 2M updates, at 5k).
+
+    Our runs (one thread, on a machine busy with other jobs), normalised score at each 1k updates: at this 3k
+    budget seed 0 -18.7, 27.4, 18.5 (this test, 153 s with the ensemble's training) and seed 2 -24.3, 25.1, 38.8
+    (214 s, its own ensemble); at 5k seed 0 -23.4, 29.0, 15.2, 0.2, -8.9 (481 s) and seed 1 -29.7, 30.5, 9.8,
+    -2.0, 1.6 (732 s). (Seed 0's 5k run is not bit-identical to its 3k one over the first 3k, though no setting
+    depends on the budget: not explained yet.) The score peaks after the first adversary turn and falls by 5k at
+    this budget, hence 3k. Each adversary turn (1000 steps, 7 members forward and backward on 256 + 256 rows
+    each) takes about a minute on one thread. Threshold 15 on the best.
+    """
+    budget = [a if a != "5000" else "3000" for a in MODEL_BASED_BUDGET]
+    results = train("rambo", tmp_path, *budget, "--bc-updates", "500", "--dynamics-cache-dir", dynamics_cache)
+    print_scores("rambo", results)
+    assert results["best_normalized_score"] > 15.0, results["evaluations"]
+    assert results["best_normalized_score"] > results["behaviour_normalized_score"] + 10.0
+
+
+@pytest.mark.learning
 def test_morel_beats_the_data(tmp_path, dynamics_cache):
     """MOReL on shipped/pendulum-medium-replay (behaviour data 2.2), the same ensemble as MOPO.
 

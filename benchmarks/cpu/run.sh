@@ -17,14 +17,14 @@
 # One named exception, a budget as well: UWAC's Monte Carlo dropout passes, 10 instead of 100
 # (at 100 an update takes 0.92 s against 0.078 s, 2.6 h a cell on one thread; its config files say more).
 # Nothing else: learning rates, batch sizes, ensemble sizes, λ, β, α stay the defaults. The
-# model-based scripts (mopo mobile combo morel mbpo) keep their defaults with the budget and the smaller
+# model-based scripts (mopo mobile combo rambo morel mbpo) keep their defaults with the budget and the smaller
 # rollout batch and dynamics epochs named in their files.
 set -euo pipefail
 python=${PYTHON:-python}
 runs=${RUNS_DIR:-runs/cpu}
 out=${OUT_DIR:-benchmarks/results/cpu}
 # ALGOS: a subset (e.g. the model-free scripts only); the report keeps the table's order
-algos=${ALGOS:-"cql bcq bear uwac mopo mobile combo morel mbpo sac_n awac iql edac td3_bc rebrac crr awr bc"}
+algos=${ALGOS:-"cql bcq bear uwac mopo mobile combo rambo morel mbpo sac_n awac iql edac td3_bc rebrac crr awr bc"}
 datasets="shipped/pendulum-medium-replay shipped/pendulum-medium"
 workers=${WORKERS:-2}  # cells at a time (1 leaves a core free for other work)
 start=$(date +%s)
@@ -32,7 +32,7 @@ start=$(date +%s)
     --configs-dir benchmarks/cpu/configs --runs-dir "$runs" --workers "$workers" --threads 1 --device cpu "$@"
 [[ " $* " == *" --dry-run "* ]] && exit 0
 minutes=$(( ($(date +%s) - start) / 60 ))
-"$python" benchmarks/report.py "$runs" --out "$out" --algos $(for a in bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac mopo mobile combo morel mbpo; do
+"$python" benchmarks/report.py "$runs" --out "$out" --algos $(for a in bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac mopo mobile combo rambo morel mbpo; do
     [[ " $algos " == *" $a "* ]] && echo "$a"; done) --datasets $datasets
 mkdir -p "$out"
 {
