@@ -154,6 +154,8 @@ class Args:
     """conjugate gradient iterations"""
     cg_damping: float = 0.1
     """damping added to the Fisher-vector product"""
+    fvp_every: int = 1
+    """Fisher-vector products on every n-th imagined state (1: all, the authors'; 5: OpenAI baselines' TRPO)"""
     line_search_steps: int = 10
     """backtracking halvings tried before a step is rejected"""
     accept_ratio: float = 0.1
@@ -348,17 +350,19 @@ def conjugate_gradient(fvp: Callable, b: torch.Tensor, iters: int, tol: float = 
     return x
 
 
-def trpo_direction(policy, obs, surrogate: Callable, old_mean, old_log_std, target_kl, cg_iters, damping):
-    """The full TRPO step s = √(2δ / sᵀ(F+λI)s) · (F+λI)⁻¹(-g), F the Fisher of the mean KL, and the
-    gradient g of the surrogate loss; ½ sᵀ(F+λI)s = δ holds for the returned step."""
+def trpo_direction(policy, obs, surrogate: Callable, old_mean, old_log_std, target_kl, cg_iters, damping, every=1):
+    """The full TRPO step s = √(2δ / sᵀ(F+λI)s) · (F+λI)⁻¹(-g), with g the gradient of the surrogate loss and F
+    the Hessian of the mean KL(π_old ‖ π) at π_old (Fisher-vector products by a double backward through a
+    graph built once, on every `every`-th state); ½ sᵀ(F+λI)s = δ holds for the returned step."""
     params = list(policy.parameters())
     g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(surrogate(), params)])
+    mean, log_std = policy(obs[::every])
+    kl = gaussian_kl(old_mean[::every], old_log_std[::every], mean, log_std).mean()
+    kl_grad = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, params, create_graph=True)])
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
-        mean, log_std = policy(obs)
-        kl = gaussian_kl(old_mean, old_log_std, mean, log_std).mean()
-        grads = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, params, create_graph=True)])
-        return torch.cat([x.reshape(-1) for x in torch.autograd.grad(grads @ v, params)]) + damping * v
+        product = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
+        return torch.cat([x.reshape(-1) for x in product]) + damping * v
 
     direction = conjugate_gradient(fvp, -g, cg_iters)
     step = direction * torch.sqrt(2 * target_kl / (direction @ fvp(direction)).clamp(min=1e-12))
@@ -405,7 +409,7 @@ def trpo_iteration(policy, bc_policy, baseline, model, start_obs, reward_fn, don
         return -(torch.exp(gaussian_log_prob(actions, *policy(obs)) - old_log_prob) * adv).mean()
 
     step, g = trpo_direction(
-        policy, obs, surrogate, old_mean, old_log_std, args.target_kl, args.cg_iters, args.cg_damping
+        policy, obs, surrogate, old_mean, old_log_std, args.target_kl, args.cg_iters, args.cg_damping, args.fvp_every
     )
     with torch.no_grad():
         loss_before = surrogate()
