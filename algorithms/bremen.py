@@ -133,6 +133,9 @@ class Args:
     """Adam learning rate of behaviour cloning"""
     batch_size: int = 256
     """minibatch size of behaviour cloning"""
+    log_std_min: float = -5.0
+    """lower bound of the policy's log σ (the upper is 0): the authors' -5 lets cloning shrink σ to 0.007, and a
+    KL step then moves the mean by about σ √(2δ); a higher floor makes each step larger"""
     # TRPO in imagination
     horizon: int = 250
     """steps of each imagined path (the authors' max_path_length: 250, Hopper and Walker2d 1000)"""
@@ -206,16 +209,18 @@ LIMITS = {
     "accept_ratio": "[0, 1]",
     "dynamics_holdout_ratio": "(0, 1)",
     "dynamics_weight_decay": "[0, inf)",
+    "log_std_min": "(-inf, 0)",
 }
 CHOICES = {"mode": ("offline", "deployment"), "value_fn": ("linear", "mlp"), "start_states": ("dataset", "reset")}
 
 
 class GaussianPolicy(nn.Module):
-    """π(a|s) = N(μ(s), σ(s)²): 2 hidden ReLU layers, tanh mean scaled to the action box, log σ = -5 + 2.5
-    (tanh(o) + 1) in [-5, 0] (the authors' policy, for the clone and TRPO alike)."""
+    """π(a|s) = N(μ(s), σ(s)²): 2 hidden ReLU layers, tanh mean scaled to the action box, log σ = m - m/2
+    (tanh(o) + 1) in [m, 0], m = -5 (the authors' policy, for the clone and TRPO alike)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low, action_high):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, action_low, action_high, log_std_min=-5.0):
         super().__init__()
+        self.log_std_min = log_std_min
         self.net = nn.Sequential(
             nn.Linear(obs_dim, hidden_dim),
             nn.ReLU(),
@@ -237,7 +242,7 @@ class GaussianPolicy(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.net(self.normalize(obs)).chunk(2, -1)
-        return torch.tanh(mean) * self.action_scale + self.action_bias, -5 + 2.5 * (torch.tanh(log_std) + 1)
+        return torch.tanh(mean) * self.action_scale + self.action_bias, self.log_std_min * (1 - torch.tanh(log_std)) / 2
 
 
 def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
@@ -537,7 +542,9 @@ def main():
     if not deployment:
         cache_dir = args.dynamics_cache_dir or os.path.join(args.runs_dir, "dynamics")
         load_or_fit_dynamics(model, data, args, cache_dir, device)
-    policy, bc_policy = (GaussianPolicy(obs_dim, act_dim, args.hidden_dim, low, high).to(device) for _ in range(2))
+    policy, bc_policy = (
+        GaussianPolicy(obs_dim, act_dim, args.hidden_dim, low, high, args.log_std_min).to(device) for _ in range(2)
+    )
     baseline = ValueBaseline(args.value_fn, obs_dim, args.value_lr, args.value_steps).to(device)
     reset_states = initial_states(make_env, 1000, args.seed).to(device) if args.start_states == "reset" else None
     probe.close()
