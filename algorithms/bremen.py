@@ -163,6 +163,9 @@ class Args:
     """backtracking halvings tried before a step is rejected"""
     accept_ratio: float = 0.1
     """the least actual / expected surrogate improvement the line search accepts"""
+    max_kl_ratio: Optional[float] = 1.5
+    """the line search also rejects a step whose mean KL exceeds this times target_kl (the TRPO paper, OpenAI
+    baselines); None: no KL check, as the authors' code"""
     kl_penalty: float = 0.0
     """α: explicit KL value penalty, r - α KL(π ‖ π̂_β) (authors' default 0)"""
     value_fn: str = "linear"
@@ -210,6 +213,7 @@ LIMITS = {
     "dynamics_holdout_ratio": "(0, 1)",
     "dynamics_weight_decay": "[0, inf)",
     "log_std_min": "(-inf, 0)",
+    "max_kl_ratio": "(0, inf)",
 }
 CHOICES = {"mode": ("offline", "deployment"), "value_fn": ("linear", "mlp"), "start_states": ("dataset", "reset")}
 
@@ -375,17 +379,21 @@ def trpo_direction(policy, obs, surrogate: Callable, old_mean, old_log_std, targ
 
 
 @torch.no_grad()
-def line_search(policy, surrogate: Callable, step, g, loss_before, steps: int, accept_ratio: float):
+def line_search(
+    policy, surrogate: Callable, step, g, loss_before, steps: int, accept_ratio: float, kl=None, max_kl=None
+):
     """Backtrack 1, ½, ¼, ...: take the first fraction whose actual surrogate improvement is positive and at
-    least `accept_ratio` of the linear expectation -gᵀs·frac; none: the old parameters. One boolean read
-    per tried fraction is this loop's only host sync. Returns the accepted fraction (0: rejected)."""
+    least `accept_ratio` of the linear expectation -gᵀs·frac, and whose mean KL `kl()` from the old policy is
+    at most `max_kl` (None: no KL check, the authors' code); none: the old parameters. One boolean read per
+    tried fraction is this loop's only host sync. Returns the accepted fraction (0: rejected)."""
     old = nn.utils.parameters_to_vector(policy.parameters())
     expected = -(g @ step)
     for k in range(steps):
         frac = 0.5**k
         nn.utils.vector_to_parameters(old + frac * step, policy.parameters())
         improvement = loss_before - surrogate()
-        if bool((improvement > 0) & (improvement > accept_ratio * expected * frac)):
+        accept = (improvement > 0) & (improvement > accept_ratio * expected * frac)
+        if bool(accept if max_kl is None else accept & (kl() <= max_kl)):
             return frac
     nn.utils.vector_to_parameters(old, policy.parameters())
     return 0.0
@@ -418,7 +426,12 @@ def trpo_iteration(policy, bc_policy, baseline, model, start_obs, reward_fn, don
     )
     with torch.no_grad():
         loss_before = surrogate()
-    frac = line_search(policy, surrogate, step, g, loss_before, args.line_search_steps, args.accept_ratio)
+
+    def kl() -> torch.Tensor:
+        return gaussian_kl(old_mean, old_log_std, *policy(obs)).mean()
+
+    max_kl = args.max_kl_ratio * args.target_kl if args.max_kl_ratio is not None else None
+    frac = line_search(policy, surrogate, step, g, loss_before, args.line_search_steps, args.accept_ratio, kl, max_kl)
     with torch.no_grad():
         mean, log_std = policy(obs)
         loss_after = surrogate()
