@@ -249,16 +249,6 @@ class GaussianPolicy(nn.Module):
         return torch.tanh(mean) * self.action_scale + self.action_bias, self.log_std_min * (1 - torch.tanh(log_std)) / 2
 
 
-def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def gaussian_kl(mean0, log_std0, mean1, log_std1) -> torch.Tensor:
-    """KL(N(mean0, σ0²) ‖ N(mean1, σ1²)) per state, summed over action dimensions (closed form)."""
-    var0, var1 = (2 * log_std0).exp(), (2 * log_std1).exp()
-    return (log_std1 - log_std0 + (var0 + (mean0 - mean1) ** 2) / (2 * var1) - 0.5).sum(-1)
-
-
 def fit_bc(policy: GaussianPolicy, obs: torch.Tensor, actions: torch.Tensor, steps: int, lr: float, batch: int):
     """Behaviour cloning from a fresh start: E‖a - (μ(s) + σ(s)ε)‖² (a reparameterised sample, so σ shrinks too)."""
     for layer in policy.net:
@@ -279,43 +269,6 @@ def fit_bc(policy: GaussianPolicy, obs: torch.Tensor, actions: torch.Tensor, ste
         optimizer.step()
 
 
-class ValueBaseline(nn.Module):
-    """V(s, t) on the features [o, o², t/100, (t/100)², (t/100)³, 1] (o: the policy-normalised observation
-    clipped to ±10): linear by ridge regression (the authors' default) or a 2x200 tanh network."""
-
-    def __init__(self, kind: str, obs_dim: int, lr: float, steps: int):
-        super().__init__()
-        self.kind, self.steps, dim = kind, steps, 2 * obs_dim + 4
-        self.register_buffer("coef", torch.zeros(dim))
-        self.net = nn.Sequential(nn.Linear(dim, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(), nn.Linear(200, 1))
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr, betas=(0.5, 0.99), eps=1e-4)
-
-    @staticmethod
-    def features(obs_normalized: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        o, t = obs_normalized.clamp(-10, 10), t / 100
-        return torch.cat([o, o**2, t, t**2, t**3, torch.ones_like(t)], -1)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features @ self.coef if self.kind == "linear" else self.net(features).squeeze(-1)
-
-    def fit(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.kind == "linear":
-            gram, eye = features.T @ features, torch.eye(features.shape[1], device=features.device)
-            for reg in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1):  # the authors' ridge, ×10 while the solve is not finite
-                coef = torch.linalg.solve(gram + reg * eye, features.T @ targets)
-                if torch.isfinite(coef).all():
-                    break
-            self.coef.copy_(coef)
-        else:
-            for _ in range(self.steps):
-                loss = ((self(features) - targets) ** 2).mean()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-        with torch.no_grad():
-            return ((self(features) - targets) ** 2).mean()
-
-
 @torch.no_grad()
 def imagine(model, policy, start_obs, horizon, reward_fn, done_fn, noise, noise_times_std, low, high) -> dict:
     """Imagined paths of the noisy policy: one ensemble member drawn per step for the whole batch (the
@@ -331,72 +284,6 @@ def imagine(model, policy, start_obs, horizon, reward_fn, done_fn, noise, noise_
         obs = next_obs
     obs, actions, rewards, valid = (torch.stack(x) for x in zip(*steps))  # [horizon, paths, ...]
     return {"obs": obs, "actions": actions, "rewards": rewards * valid, "valid": valid}
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, gamma: float, lam: float):
-    """A_t = Σ_l (γλ)^l δ_{t+l}, δ_t = r_t + γ V(s_{t+1}) - V(s_t), over [horizon, paths]; V = 0 past a
-    path's last step (no bootstrap at the horizon either, as the authors). Returns (A, A + V)."""
-    advantages, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
-    next_values = torch.cat([values[1:] * valid[1:], torch.zeros_like(values[:1])])
-    for t in reversed(range(len(rewards))):
-        cont = valid[t + 1].float() if t + 1 < len(rewards) else torch.zeros_like(running)
-        running = rewards[t] + gamma * next_values[t] - values[t] + gamma * lam * cont * running
-        advantages[t] = running * valid[t]
-    return advantages, advantages + values * valid
-
-
-def conjugate_gradient(fvp: Callable, b: torch.Tensor, iters: int, tol: float = 1e-10) -> torch.Tensor:
-    """Solve A x = b for a symmetric positive definite A given as products A v; no host sync (a converged
-    solve stays where it is)."""
-    x, r = torch.zeros_like(b), b.clone()
-    p, rr = r.clone(), r @ r
-    for _ in range(iters):
-        ap = fvp(p)
-        alpha = torch.where(rr > tol, rr / (p @ ap), torch.zeros_like(rr))
-        x, r = x + alpha * p, r - alpha * ap
-        rr_new = r @ r
-        p, rr = r + torch.where(rr > tol, rr_new / rr, torch.zeros_like(rr)) * p, rr_new
-    return x
-
-
-def trpo_direction(policy, obs, surrogate: Callable, old_mean, old_log_std, target_kl, cg_iters, damping, every=1):
-    """The full TRPO step s = √(2δ / sᵀ(F+λI)s) · (F+λI)⁻¹(-g), with g the gradient of the surrogate loss and F
-    the Hessian of the mean KL(π_old ‖ π) at π_old (Fisher-vector products by a double backward through a
-    graph built once, on every `every`-th state); ½ sᵀ(F+λI)s = δ holds for the returned step."""
-    params = list(policy.parameters())
-    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(surrogate(), params)])
-    mean, log_std = policy(obs[::every])
-    kl = gaussian_kl(old_mean[::every], old_log_std[::every], mean, log_std).mean()
-    kl_grad = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, params, create_graph=True)])
-
-    def fvp(v: torch.Tensor) -> torch.Tensor:
-        product = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
-        return torch.cat([x.reshape(-1) for x in product]) + damping * v
-
-    direction = conjugate_gradient(fvp, -g, cg_iters)
-    step = direction * torch.sqrt(2 * target_kl / (direction @ fvp(direction)).clamp(min=1e-12))
-    return step, g
-
-
-@torch.no_grad()
-def line_search(
-    policy, surrogate: Callable, step, g, loss_before, steps: int, accept_ratio: float, kl=None, max_kl=None
-):
-    """Backtrack 1, ½, ¼, ...: take the first fraction whose actual surrogate improvement is positive and at
-    least `accept_ratio` of the linear expectation -gᵀs·frac, and whose mean KL `kl()` from the old policy is
-    at most `max_kl` (None: no KL check, the authors' code); none: the old parameters. One boolean read per
-    tried fraction is this loop's only host sync. Returns the accepted fraction (0: rejected)."""
-    old = nn.utils.parameters_to_vector(policy.parameters())
-    expected = -(g @ step)
-    for k in range(steps):
-        frac = 0.5**k
-        nn.utils.vector_to_parameters(old + frac * step, policy.parameters())
-        improvement = loss_before - surrogate()
-        accept = (improvement > 0) & (improvement > accept_ratio * expected * frac)
-        if bool(accept if max_kl is None else accept & (kl() <= max_kl)):
-            return frac
-    nn.utils.vector_to_parameters(old, policy.parameters())
-    return 0.0
 
 
 def trpo_iteration(policy, bc_policy, baseline, model, start_obs, reward_fn, done_fn, args, low, high) -> dict:
@@ -1556,23 +1443,26 @@ def load_or_fit_dynamics(model: DeterministicEnsemble, data: OfflineData, args, 
         if os.path.isfile(path):
             try:
                 saved = torch.load(path, map_location=device, weights_only=False)
-                if saved["key"] != key:
+                saved["fingerprint"]["key"], saved["model"], saved["log"]
+            except Exception as e:  # truncated or corrupt: keep it for a look, fit a new one
+                os.replace(path, path + ".corrupt")
+                print(f"dynamics: {path} is unreadable ({type(e).__name__}); moved to {path}.corrupt, fitting anew")
+                saved = None
+            if saved is not None:
+                if saved["fingerprint"]["key"] != key:
                     sys.exit(f"error: dynamics file {path} was fitted to other data or settings; drop --dynamics-path")
                 model.load_state_dict(saved["model"])
                 print(f"dynamics: reusing {path} (holdout MSE {np.mean(saved['log']['holdout_mse']):.4f})")
                 return saved["log"]
-            except (OSError, RuntimeError, KeyError, EOFError) as e:
-                os.replace(path, path + ".corrupt")
-                print(f"dynamics: {path} is unreadable ({type(e).__name__}); moved to {path}.corrupt, fitting anew")
         start = time.time()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the same model either way
             torch.manual_seed(args.seed)
             holdout = holdout_mask(len(obs), args.dynamics_holdout_ratio, args.dynamics_holdout_last)
             log = fit_dynamics(model, obs, actions, next_obs, holdout, args)
         log["train_time_s"] = time.time() - start
-        state = {"key": key, "settings": settings, "model": model.state_dict(), "log": log}
+        state = {"fingerprint": {"key": key, **settings, "seed": args.seed}, "model": model.state_dict(), "log": log}
         write_atomically(path, lambda tmp: torch.save(state, tmp), "fitted dynamics ensemble")
-        print(f"dynamics: fitted {log['epochs']} epochs in {log['train_time_s']:.0f} s, saved to {path}")
+        print(f"dynamics: trained {log['epochs']} epochs in {log['train_time_s']:.0f} s, saved to {path}")
         return log
 
 
@@ -1646,6 +1536,126 @@ def termination_fn(data: OfflineData) -> tuple[Callable[[torch.Tensor], torch.Te
 
 
 # ---- end shared: termination ----
+
+
+# ---- shared: trpo ----
+# Trust-region policy optimisation of a Gaussian policy (Schulman et al., ICML 2015) on a batch of paths: the
+# Gaussian's log-likelihood and KL, GAE, the value baselines, conjugate gradient, the KL-scaled step and the
+# backtracking line search.
+def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean0, log_std0, mean1, log_std1) -> torch.Tensor:
+    """KL(N(mean0, σ0²) ‖ N(mean1, σ1²)) per state, summed over action dimensions (closed form)."""
+    var0, var1 = (2 * log_std0).exp(), (2 * log_std1).exp()
+    return (log_std1 - log_std0 + (var0 + (mean0 - mean1) ** 2) / (2 * var1) - 0.5).sum(-1)
+
+
+class ValueBaseline(nn.Module):
+    """V(s, t) on the features [o, o², t/100, (t/100)², (t/100)³, 1] (o: the policy-normalised observation
+    clipped to ±10): linear by ridge regression (the authors' default) or a 2x200 tanh network."""
+
+    def __init__(self, kind: str, obs_dim: int, lr: float, steps: int):
+        super().__init__()
+        self.kind, self.steps, dim = kind, steps, 2 * obs_dim + 4
+        self.register_buffer("coef", torch.zeros(dim))
+        self.net = nn.Sequential(nn.Linear(dim, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(), nn.Linear(200, 1))
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr, betas=(0.5, 0.99), eps=1e-4)
+
+    @staticmethod
+    def features(obs_normalized: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        o, t = obs_normalized.clamp(-10, 10), t / 100
+        return torch.cat([o, o**2, t, t**2, t**3, torch.ones_like(t)], -1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.coef if self.kind == "linear" else self.net(features).squeeze(-1)
+
+    def fit(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.kind == "linear":
+            gram, eye = features.T @ features, torch.eye(features.shape[1], device=features.device)
+            for reg in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1):  # the authors' ridge, ×10 while the solve is not finite
+                coef = torch.linalg.solve(gram + reg * eye, features.T @ targets)
+                if torch.isfinite(coef).all():
+                    break
+            self.coef.copy_(coef)
+        else:
+            for _ in range(self.steps):
+                loss = ((self(features) - targets) ** 2).mean()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        with torch.no_grad():
+            return ((self(features) - targets) ** 2).mean()
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, gamma: float, lam: float):
+    """A_t = Σ_l (γλ)^l δ_{t+l}, δ_t = r_t + γ V(s_{t+1}) - V(s_t), over [horizon, paths]; V = 0 past a
+    path's last step (no bootstrap at the horizon either, as the authors). Returns (A, A + V)."""
+    advantages, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+    next_values = torch.cat([values[1:] * valid[1:], torch.zeros_like(values[:1])])
+    for t in reversed(range(len(rewards))):
+        cont = valid[t + 1].float() if t + 1 < len(rewards) else torch.zeros_like(running)
+        running = rewards[t] + gamma * next_values[t] - values[t] + gamma * lam * cont * running
+        advantages[t] = running * valid[t]
+    return advantages, advantages + values * valid
+
+
+def conjugate_gradient(fvp: Callable, b: torch.Tensor, iters: int, tol: float = 1e-10) -> torch.Tensor:
+    """Solve A x = b for a symmetric positive definite A given as products A v; no host sync (a converged
+    solve stays where it is)."""
+    x, r = torch.zeros_like(b), b.clone()
+    p, rr = r.clone(), r @ r
+    for _ in range(iters):
+        ap = fvp(p)
+        alpha = torch.where(rr > tol, rr / (p @ ap), torch.zeros_like(rr))
+        x, r = x + alpha * p, r - alpha * ap
+        rr_new = r @ r
+        p, rr = r + torch.where(rr > tol, rr_new / rr, torch.zeros_like(rr)) * p, rr_new
+    return x
+
+
+def trpo_direction(policy, obs, surrogate: Callable, old_mean, old_log_std, target_kl, cg_iters, damping, every=1):
+    """The full TRPO step s = √(2δ / sᵀ(F+λI)s) · (F+λI)⁻¹(-g), with g the gradient of the surrogate loss and F
+    the Hessian of the mean KL(π_old ‖ π) at π_old (Fisher-vector products by a double backward through a
+    graph built once, on every `every`-th state); ½ sᵀ(F+λI)s = δ holds for the returned step."""
+    params = list(policy.parameters())
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(surrogate(), params)])
+    mean, log_std = policy(obs[::every])
+    kl = gaussian_kl(old_mean[::every], old_log_std[::every], mean, log_std).mean()
+    kl_grad = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, params, create_graph=True)])
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        product = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
+        return torch.cat([x.reshape(-1) for x in product]) + damping * v
+
+    direction = conjugate_gradient(fvp, -g, cg_iters)
+    step = direction * torch.sqrt(2 * target_kl / (direction @ fvp(direction)).clamp(min=1e-12))
+    return step, g
+
+
+@torch.no_grad()
+def line_search(
+    policy, surrogate: Callable, step, g, loss_before, steps: int, accept_ratio: float, kl=None, max_kl=None
+):
+    """Backtrack 1, ½, ¼, ...: take the first fraction whose actual surrogate improvement is positive and at
+    least `accept_ratio` of the linear expectation -gᵀs·frac, and whose mean KL `kl()` from the old policy is
+    at most `max_kl` (None: no KL check, the authors' code); none: the old parameters. One boolean read per
+    tried fraction is this loop's only host sync. Returns the accepted fraction (0: rejected)."""
+    old = nn.utils.parameters_to_vector(policy.parameters())
+    expected = -(g @ step)
+    for k in range(steps):
+        frac = 0.5**k
+        nn.utils.vector_to_parameters(old + frac * step, policy.parameters())
+        improvement = loss_before - surrogate()
+        accept = (improvement > 0) & (improvement > accept_ratio * expected * frac)
+        if bool(accept if max_kl is None else accept & (kl() <= max_kl)):
+            return frac
+    nn.utils.vector_to_parameters(old, policy.parameters())
+    return 0.0
+
+
+# ---- end shared: trpo ----
 
 
 # ---- shared: known_rewards ----

@@ -32,7 +32,14 @@ TINY = {
     "dynamics_max_epochs": 2,
     "rollout_batch_size": 100,
     "rollout_every": 20,
+    # bremen: a few cloning steps, short imagined paths, small deployments
+    "bc_steps": 20,
+    "horizon": 5,
+    "deploy_every": 20,
+    "deployment_steps": 200,
 }
+# tiny values for one script only, where the field's name is shared with scripts that keep their own
+TINY_PER_SCRIPT = {"bremen": {"dynamics_hidden_dim": 32}}
 
 
 def script_names() -> list[str]:
@@ -55,7 +62,7 @@ def tiny_args(name: str, dataset: str = SMOKE_DATASET, runs_dir: str = "runs") -
         argv += ["--dataset", dataset]
     elif "env_id" in fields:
         argv += ["--env-id", "Pendulum-v1"]
-    for field, value in TINY.items():
+    for field, value in (TINY | TINY_PER_SCRIPT.get(name, {})).items():
         if field in fields:
             argv += ["--" + field.replace("_", "-"), str(value)]
     return argv
