@@ -41,7 +41,7 @@ Choices and sources (reference code paths in matsuolab/BREMEN):
 Example:
     python algorithms/bremen.py --dataset shipped/pendulum-medium-replay --num-updates 200
     python algorithms/bremen.py --mode deployment --env-id Pendulum-v1 \
-        --config benchmarks/configs/bremen/pendulum_cpu.yaml
+        --config benchmarks/configs/bremen/variants/pendulum_cpu_deployment.yaml
 
 Logged (tensorboard, in the run directory):
     losses/surrogate_gain      surrogate improvement of the accepted TRPO step
