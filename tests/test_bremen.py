@@ -225,7 +225,8 @@ def test_deployment_mode_return_rises_over_deployments(tmp_path):
     30 TRPO iterations each, the ensemble re-fitted for at most 30 epochs each time.
 
     Our runs (one thread), return at the end of deployments 1..5: seed 0 (127 s) -1167, -954, -896, -863,
-    -828 (the deployments' own data -1206, -1067, -1052, -956, -832). Thresholds: the last evaluation 150
+    -828 (the deployments' own data -1206, -1067, -1052, -956, -832; 176 s on a rerun beside other jobs); seed 1
+    (123 s) -1114, -1024, -947, -810, -774 (data -1130, -1147, -1130, -986, -832). Thresholds: the last evaluation 150
     above the first, and above the first deployment's (random) data by 200.
     """
     results = train(tmp_path, "--mode", "deployment", "--env-id", "Pendulum-v1", "--num-updates", "150",
