@@ -381,8 +381,17 @@ CYCLE = {"awr": 1200}
 BOUND_UPDATES = 4  # recorded updates of the other scripts (all alike)
 
 
+# Scripts whose update is far longer than a minibatch step, timed over a fixed number of them with the flags that
+# keep their other phases short: bremen.py's update is a TRPO iteration (imagined paths of the 5x2x1024 ensemble,
+# conjugate gradient, line search), here on 50 paths x 100 steps (the paper: 50,000 steps), after 100 cloning steps;
+# its matmul-only bound is the phase "BREMEN TRPO iteration" below.
+FIXED = {"bremen": (5, ["--bc-steps", "100", "--horizon", "100", "--rollout-batch-size", "50"])}
+
+
 def timed_updates(name: str, updates: int) -> int:
-    """`updates`, rounded up to whole cycles for the scripts in CYCLE."""
+    """`updates`, rounded up to whole cycles for the scripts in CYCLE (a fixed count for those in FIXED)."""
+    if name in FIXED:
+        return FIXED[name][0]
     cycle = CYCLE.get(name, 1)
     return -(-updates // cycle) * cycle
 
@@ -448,6 +457,7 @@ def time_script(
         command += ["--dynamics-max-epochs", "1"]
     if "bc_updates:" in script.read_text():  # RAMBO: its BC pretraining is not part of the updates timed
         command += ["--bc-updates", "0"]
+    command += FIXED.get(name, (0, []))[1]
     if "warmup_updates:" in script.read_text():  # BEAR, UWAC: time the full update their bound counts, not the warm-up
         command += ["--warmup-updates", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -637,7 +647,45 @@ def model_based_phases(dataset: Path, device: torch.device, threads: int) -> lis
             "reference": "—",
         }
     )
+    rows.append(bremen_phase(data, device, timed))
     return rows
+
+
+def bremen_phase(data, device: torch.device, timed) -> dict:
+    """One TRPO iteration of bremen.py at its default networks (5x2x1024 ensemble, 2x200 policy, linear baseline)
+    on 50 paths x 100 imagined steps (a tenth of the paper's 50,000), and its matmul-only bound."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bremen_speed", ALGORITHMS / "bremen.py")
+    bremen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bremen)
+    args = bremen.Args(horizon=100, rollout_batch_size=50)
+    model = bremen.DeterministicEnsemble(OBS_DIM, ACT_DIM).to(device)
+    low, high = -torch.ones(ACT_DIM, device=device), torch.ones(ACT_DIM, device=device)
+    policy, bc = (bremen.GaussianPolicy(OBS_DIM, ACT_DIM, 200, low.cpu(), high.cpu()).to(device) for _ in range(2))
+    baseline = bremen.ValueBaseline("linear", OBS_DIM, 3e-4, 20).to(device)
+    start = data.observations[torch.randint(0, NUM_TRANSITIONS, (50,), device=device)]
+    reward = bremen.hopper_reward
+    never = lambda next_obs: torch.zeros(len(next_obs), dtype=torch.bool, device=next_obs.device)  # noqa: E731
+    iteration = lambda: bremen.trpo_iteration(policy, bc, baseline, model, start, reward, never, args, low, high)  # noqa: E731
+    iteration()  # warm-up
+    seconds = timed(iteration)
+    bound = None
+    if device.type == "cpu":
+        with MatmulRecorder() as recorder:
+            iteration()
+        bound = replay_seconds(recorder.calls)
+    steps, model_macs = 5000, mlp_macs([OBS_DIM + ACT_DIM, 1024, 1024, OBS_DIM], 1)
+    # policy passes: rollout, old and clone outputs, surrogate and its gradient (3), the KL graph (3), 11
+    # Fisher-vector products (about 4 passes each), the line search (about 2)
+    policy_passes = 1 + 2 + 3 + 3 + 11 * 4 + 2
+    return {
+        "phase": "BREMEN TRPO iteration, 50 paths x 100 imagined steps",
+        "seconds": seconds,
+        "bound": bound,
+        "gflop": 2 * steps * (model_macs + policy_passes * mlp_macs([OBS_DIM, 200, 200, 2 * ACT_DIM], 1)) / 1e9,
+        "reference": "—",
+    }
 
 
 # ---------------------------------------------------------------- matmul-only bound
@@ -890,7 +938,7 @@ def main():
     if phases:
         text += (
             "\n## Model-based phases (the shared blocks of mopo.py, mobile.py, morel.py, mbpo.py; MOBILE's penalty; "
-            "RAMBO's adversary step)\n\n"
+            "RAMBO's adversary step; BREMEN's TRPO iteration)\n\n"
             "| phase | time | GFLOP | achieved GFLOP/s | % of matmul peak | matmul-only bound | % of bound | "
             "reference (2 threads, this CPU) |\n"
             "|---|---:|---:|---:|---:|---:|---:|---|\n"

@@ -34,7 +34,14 @@ TINY = {
     "rollout_every": 20,
     "adversary_steps": 10,  # rambo: its adversary's turn after every epoch (1000 steps by default)
     "bc_updates": 20,  # rambo: BC pretraining (50 passes over the data by default)
+    # bremen: a few cloning steps, short imagined paths, small deployments
+    "bc_steps": 20,
+    "horizon": 5,
+    "deploy_every": 20,
+    "deployment_steps": 200,
 }
+# tiny values for one script only, where the field's name is shared with scripts that keep their own
+TINY_PER_SCRIPT = {"bremen": {"dynamics_hidden_dim": 32}}
 
 
 def script_names() -> list[str]:
@@ -57,7 +64,7 @@ def tiny_args(name: str, dataset: str = SMOKE_DATASET, runs_dir: str = "runs") -
         argv += ["--dataset", dataset]
     elif "env_id" in fields:
         argv += ["--env-id", "Pendulum-v1"]
-    for field, value in TINY.items():
+    for field, value in (TINY | TINY_PER_SCRIPT.get(name, {})).items():
         if field in fields:
             argv += ["--" + field.replace("_", "-"), str(value)]
     return argv

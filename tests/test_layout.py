@@ -15,7 +15,7 @@ from scripts import script_names
 BANNER = re.compile(r"^# =+ shared blocks below: .* =+$", re.M)
 BLOCK = re.compile(r"^# ---- shared: (?P<name>[\w-]+) ----\n.*?^# ---- end shared: (?P=name) ----\n", re.S | re.M)
 TAIL = 'if __name__ == "__main__":\n    main()\n'
-MODEL_BASED = {"mopo", "mobile", "combo", "rambo", "morel", "mbpo"}
+MODEL_BASED = {"mopo", "mobile", "combo", "rambo", "morel", "mbpo", "bremen"}
 
 
 def layout_problems(text: str) -> list[str]:
