@@ -360,6 +360,13 @@ def plot(args, summary: list[dict], rows: list[dict], behaviour: float, path: Pa
     lengths = list(dict.fromkeys(s["rollout_length"] for s in summary))
     palette = plt.get_cmap("tab10")
     stopped_drawn = False
+    # each seed's point is drawn a little beside its value (seed order), so that points and error bars stay apart
+    rank = {seed: j - (len(args.seeds) - 1) / 2 for j, seed in enumerate(args.seeds)}
+    lo, hi = min(args.grid), max(args.grid)
+    if args.log:
+        beside = lambda r: r["value"] * (hi / lo) ** (0.012 * rank[r["seed"]])  # noqa: E731
+    else:
+        beside = lambda r: r["value"] + 0.012 * (hi - lo or 1.0) * rank[r["seed"]]  # noqa: E731
     for i, length in enumerate(lengths):
         color = palette(i % 10)
         label = f"rollout length {length}: " if length is not None else ""
@@ -367,12 +374,12 @@ def plot(args, summary: list[dict], rows: list[dict], behaviour: float, path: Pa
         mine = [r for r in rows if r["rollout_length"] == length and np.isfinite(r["last"])]
         ok = [r for r in mine if not r["stopped"]]
         ax.scatter(
-            [r["value"] for r in ok], [r["last"] for r in ok], s=14, color=color, alpha=0.45, label=f"{label}each seed"
+            [beside(r) for r in ok], [r["last"] for r in ok], s=14, color=color, alpha=0.45, label=f"{label}each seed"
         )
         bad = [r for r in mine if r["stopped"]]
         if bad:
             ax.scatter(
-                [r["value"] for r in bad],
+                [beside(r) for r in bad],
                 [r["last"] for r in bad],
                 s=40,
                 marker="x",
@@ -552,6 +559,12 @@ def main(argv=None):
             f"{os.path.abspath(args.runs_dir)}, executor {args.executor}",
             flush=True,
         )
+        if args.executor != "local":
+            # submitit pickles the cells with cloudpickle; run.py is imported here (not __main__), so its
+            # classes must travel by value: a Slurm job cannot import benchmarks/run.py as `run`
+            import cloudpickle
+
+            cloudpickle.register_pickle_by_value(runner)
         try:
             results = (
                 runner.run_pool(cells, args.workers) if args.executor == "local" else runner.run_submitit(cells, args)
