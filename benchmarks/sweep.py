@@ -2,7 +2,8 @@
 
 One command runs algorithms/<algo>.py on one dataset for every value of one numeric Args
 field (`--param`: MOPO's and MOBILE's `penalty_coef`, MOReL's `pessimism`, COMBO's
-`cql_weight`; any numeric field of the script's Args is accepted), optionally crossed with
+`cql_weight`; mbpo.py has no pessimism; any numeric field of the script's Args is accepted, checked
+against the script's Args and LIMITS before anything runs), optionally crossed with
 several `--rollout-lengths` (one curve per length), for each of `--seeds`. The cells run
 through benchmarks/run.py (imported): its local pool or Slurm via submitit, per-dataset
 configs of `--configs-dir`, `--set` overrides, locks, per-cell logs, and skipping finished
@@ -23,7 +24,8 @@ The procedure follows the pessimism sweep of Mr-Pepe/offline-model-based-rl
     with a **box filter** of `--kernel` points (theirs: 50, 60 and 30 points on 50-point
     sweeps; here default 3, a point and its two neighbours, for sweeps of a handful of
     points; 1 turns it off). A window of K points covers K//2 points on either side (for an
-    even K, K//2 below and K//2 - 1 above). At the ends the window is cut to the points that
+    even K, K//2 below and K//2 - 1 above); it counts points, not distance, so on an uneven
+    `--values` grid the neighbours are the next values in order. At the ends the window is cut to the points that
     exist and the mean is taken over those (no zero padding, which would pull the ends
     towards 0); a point without a finished run is left out of the smoothing. The filter
     and kernel are named in the table and the legend;
