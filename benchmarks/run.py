@@ -555,38 +555,8 @@ def display_path(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    grid = parser.add_argument_group("grid")
-    grid.add_argument("--algos", nargs="+", required=True, help="scripts of algorithms/ to run, e.g. bc td3_bc iql")
-    grid.add_argument(
-        "--datasets", nargs="+", required=True, help="dataset names as the scripts take them, e.g. hopper-medium-v2"
-    )
-    grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="seeds (default: 0 1 2 3)")
-    grid.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override Args fields on top of the per-dataset config: num_updates=20000 for every "
-        "algorithm, td3_bc.alpha=3 for one (values are YAML)",
-    )
-    grid.add_argument(
-        "--runs-dir", default="runs/benchmark", help="where run directories and logs go (default: runs/benchmark)"
-    )
-    grid.add_argument(
-        "--configs-dir",
-        default=str(CONFIGS),
-        help="per-dataset configs, <dir>/<algo>/<dataset>.yaml (default: benchmarks/configs)",
-    )
-    grid.add_argument(
-        "--dry-run", action="store_true", help="print what every cell would do and its command; run nothing"
-    )
+def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options saying where and how cells run (pool, Slurm); benchmarks/sweep.py takes the same."""
     run = parser.add_argument_group("where cells run")
     run.add_argument(
         "--executor",
@@ -626,7 +596,10 @@ def parse_args(argv=None):
         metavar="KEY=VALUE",
         help="more sbatch options, e.g. account=myproj qos=normal constraint=a100",
     )
-    args = parser.parse_args(argv)
+
+
+def check_runner_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """Defaults that depend on other options, and the checks of add_runner_arguments' options."""
     if args.executor is None:
         args.executor = "slurm" if args.slurm_partition else "local"
     if args.executor == "slurm" and not args.slurm_partition:
@@ -638,7 +611,65 @@ def parse_args(argv=None):
     if args.threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         args.threads = args.slurm_cpus_per_task if args.executor == "slurm" else max(1, cores // args.workers)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    grid = parser.add_argument_group("grid")
+    grid.add_argument("--algos", nargs="+", required=True, help="scripts of algorithms/ to run, e.g. bc td3_bc iql")
+    grid.add_argument(
+        "--datasets", nargs="+", required=True, help="dataset names as the scripts take them, e.g. hopper-medium-v2"
+    )
+    grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="seeds (default: 0 1 2 3)")
+    grid.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override Args fields on top of the per-dataset config: num_updates=20000 for every "
+        "algorithm, td3_bc.alpha=3 for one (values are YAML)",
+    )
+    grid.add_argument(
+        "--runs-dir", default="runs/benchmark", help="where run directories and logs go (default: runs/benchmark)"
+    )
+    grid.add_argument(
+        "--configs-dir",
+        default=str(CONFIGS),
+        help="per-dataset configs, <dir>/<algo>/<dataset>.yaml (default: benchmarks/configs)",
+    )
+    grid.add_argument(
+        "--dry-run", action="store_true", help="print what every cell would do and its command; run nothing"
+    )
+    add_runner_arguments(parser)
+    args = parser.parse_args(argv)
+    check_runner_arguments(parser, args)
     return args
+
+
+def print_dry_run(cells: list[Cell]) -> None:
+    """What every cell would do (finished, resume, new, conflict) and the command it would run."""
+    for cell in cells:
+        action, run_dir, note = inspect(cell)
+        source = display_path(cell.base_config) if cell.base_config else "script defaults"
+        sets = " + " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()) if cell.overrides else ""
+        print(
+            f"# {cell.label}: {action}"
+            + (f" {run_dir}" if run_dir else "")
+            + (f" ({note})" if note else "")
+            + f"; config: {source}{sets}"
+            + (f", written to {cell.config_path()} when it runs" if cell.overrides and action == "new" else "")
+        )
+        if action in ("new", "resume"):
+            print(
+                f"OMP_NUM_THREADS={cell.threads} "
+                + shlex.join(command(cell, action, run_dir))
+                + f" >> {shlex.quote(cell.log_path())} 2>&1"
+            )
 
 
 def main(argv=None):
@@ -659,23 +690,7 @@ def main(argv=None):
         return 2
 
     if args.dry_run:
-        for cell in cells:
-            action, run_dir, note = inspect(cell)
-            source = display_path(cell.base_config) if cell.base_config else "script defaults"
-            sets = " + " + " ".join(f"{k}={v}" for k, v in cell.overrides.items()) if cell.overrides else ""
-            print(
-                f"# {cell.label}: {action}"
-                + (f" {run_dir}" if run_dir else "")
-                + (f" ({note})" if note else "")
-                + f"; config: {source}{sets}"
-                + (f", written to {cell.config_path()} when it runs" if cell.overrides and action == "new" else "")
-            )
-            if action in ("new", "resume"):
-                print(
-                    f"OMP_NUM_THREADS={cell.threads} "
-                    + shlex.join(command(cell, action, run_dir))
-                    + f" >> {shlex.quote(cell.log_path())} 2>&1"
-                )
+        print_dry_run(cells)
         return 0
 
     print(
