@@ -38,7 +38,7 @@ mkdir -p "$out"
 {
     echo "# How these tables were made"
     echo
-    echo "- Command: \`${ALGOS:+ALGOS=\"$algos\" }bash benchmarks/cpu/run.sh\` (settings: \`benchmarks/cpu/configs/\`), last call took $minutes min"
+    echo "- Command: \`${WORKERS:+WORKERS=$workers }${ALGOS:+ALGOS=\"$algos\" }bash benchmarks/cpu/run.sh\` (settings: \`benchmarks/cpu/configs/\`), last call took $minutes min"
     echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; $workers cell(s) at a time, one thread each"
