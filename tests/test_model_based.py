@@ -158,6 +158,52 @@ def test_offline_mbrl_modes_by_hand():
     assert r.tolist() == [-3.0, 1.0, 1.0, 0.0] and d.tolist() == [False, True, False, True]
 
 
+def toy_ensemble():
+    """Two members on a 1-d state: both predict no change and reward -1 below 0; above 0 the second
+    predicts a change of 2, so there they disagree by 2."""
+    model = morel.EnsembleDynamics(1, 1, members=2, elites=2, hidden_dim=8, hidden_layers=1, weight_decays=(0.0, 0.0))
+
+    def forward(obs, actions, members=None):
+        zero, spread = torch.zeros_like(obs[:, :1]), 2.0 * (obs[:, :1] > 0).float()
+        mean = torch.stack([torch.cat([zero, zero - 1], -1), torch.cat([spread, zero - 1], -1)])
+        logvar = torch.full_like(mean, -30.0)
+        return (mean, logvar) if members is None else (mean[members], logvar[members])
+
+    model.forward = forward
+    return model
+
+
+@pytest.mark.parametrize(
+    "mode,rewards",
+    [
+        ("survival", [1.0, 0.0, 1.0]),
+        ("exploration-penalty", [0.0, 6.0, 0.0]),
+        ("exploration-partitioning", [-1.0, 0.0, -1.0]),
+    ],
+)
+def test_modes_roll_out_on_a_toy_ensemble(mode, rewards):
+    """Two rollouts of 2 steps, from -1 (the members agree: known) and +1 (they disagree by 2, beyond the
+    threshold 1: unknown). The unknown one ends at its first step with the mode's reward (0; the bonus 3 x 2;
+    0); the known one goes on, paid 1, the bonus 3 x 0, or the model's -1 below the exploration threshold."""
+    never_done = lambda next_obs: torch.zeros(len(next_obs), dtype=torch.bool)  # noqa: E731
+    still = lambda obs: (torch.zeros(len(obs), 1), None)  # noqa: E731
+    (obs, _, reward, _, terminal), stats = morel.rollout(
+        toy_ensemble(),
+        still,
+        torch.tensor([[-1.0], [1.0]]),
+        2,
+        never_done,
+        1.0,
+        -100.0,
+        "epistemic",
+        mode=mode,
+        exploration=(3.0, 0.5),
+    )
+    assert obs[:, 0].tolist() == pytest.approx([-1.0, 1.0, -1.0], abs=1e-5)
+    assert reward.tolist() == pytest.approx(rewards) and terminal.tolist() == [0.0, 1.0, 0.0]
+    assert stats["rollout/halt_rate"].item() == pytest.approx(1 / 3)
+
+
 def test_normalised_disagreement_is_in_dataset_state_units():
     """Mr-Pepe's u_epi: the members' next-state means divided by the dataset's state std before the
     largest pairwise distance. Means (0, 0) and (3, 4) with stds (3, 2) per dimension: ||(1, 2)|| = √5."""
