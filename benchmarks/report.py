@@ -344,16 +344,19 @@ def main(argv=None):
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
         sys.exit(f"error: {args.published}: cannot read the published scores ({' '.join(str(e).split())})")
     found, skipped = load_runs(runs_dir)
-    runs, notes = select_runs(found, args.include_unfinished)
+    # --algos / --datasets select before anything is listed: another algorithm's stopped or unfinished run
+    # sharing the runs folder is not this report's
+    asked = [
+        r
+        for r in found
+        if (not args.algos or r["algo"] in args.algos) and (not args.datasets or r["dataset"] in args.datasets)
+    ]
+    runs, notes = select_runs(asked, args.include_unfinished)
     stopped = [
         f"`{r['run_dir']}` stopped at update {r['last_step']} of {r['target']}: {r['stopped']}"
         for r in runs
         if r.get("stopped")
     ]
-    if args.algos:
-        runs = [r for r in runs if r["algo"] in args.algos]
-    if args.datasets:
-        runs = [r for r in runs if r["dataset"] in args.datasets]
     if not runs:
         sys.exit(
             f"error: no finished run under {runs_dir} ({len(found)} results.json found"

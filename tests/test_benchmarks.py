@@ -226,6 +226,19 @@ def test_report_puts_published_numbers_with_their_source(tmp_path):
     assert "bc__hopper-medium-v2__2__1700000000`: unfinished (500 of 1000 updates)" in text
 
 
+def test_report_for_some_algorithms_lists_only_their_runs(tmp_path):
+    """A report restricted by --algos does not list another algorithm's unfinished run in the same folder."""
+    pytest.importorskip("rliable")
+    report = load_script(os.path.join(ROOT, "benchmarks", "report.py"))
+    for seed in (0, 1):
+        write_fake_run(tmp_path, "bc", "hopper-medium-v2", seed, 50.0)
+    write_fake_run(tmp_path, "mopo", "hopper-medium-v2", 0, 0.0, reached=500)
+    report.main([str(tmp_path), "--algos", "bc", "--reps", "100", "--profile-reps", "20"])
+    assert "mopo" not in (tmp_path / "report" / "report.md").read_text()
+    report.main([str(tmp_path), "--reps", "100", "--profile-reps", "20"])
+    assert "mopo__hopper-medium-v2__0__1700000000`: unfinished" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_published_scores_file():
     sources = yaml.safe_load(open(os.path.join(ROOT, "benchmarks", "published_scores.yaml")))["sources"]
     counts = {name: sum(len(v) for v in source["scores"].values()) for name, source in sources.items()}
