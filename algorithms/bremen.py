@@ -21,8 +21,9 @@ Choices and sources (reference code paths in matsuolab/BREMEN):
   gradient iterations with damping 0.1, the step scaled so that ½ sᵀ(F + δI)s = target_kl, 10 halvings
   of backtracking that accept an improvement above 0.1 of the linear expectation; here the line search
   also rejects a step whose mean KL exceeds 1.5 target_kl (the TRPO paper's check; `--max-kl-ratio None`
-  for theirs, which has none: without it the first step from the clone measured KL 3.8 for δ 0.05); GAE(γ 0.99, λ 0.95), no bootstrap past a path's end, advantages standardised; the linear
-  feature baseline [o, o², t, t², t³, 1] refit by ridge after each step (model/baselines.py),
+  for theirs, which has none: without it the first step from the clone measured KL 3.8 for δ 0.05);
+  GAE(γ 0.99, λ 0.95), no bootstrap past a path's end, advantages standardised; the linear feature
+  baseline [o, o², t, t², t³, 1] refit by ridge after each step (model/baselines.py),
   `--value-fn mlp` their 2x200 tanh network instead. Action noise in imagination and deployment is
   N(0, 0.1²) around the mean (their README's --gaussian 0.1 --const_sampling); evaluation uses the mean.
 - Imagined rollouts start from dataset states (`--start-states dataset`, their --use_s_t): an offline
