@@ -12,12 +12,14 @@ whole replay buffer in environment order:
   expert          the final policy of the run
   medium-replay   the replay buffer up to the medium checkpoint (to the end of that episode)
   medium-expert   medium followed by expert (each `--num-steps`)
-and the BRAC-style noise datasets that BREMEN uses, from the medium policy's mean action,
-with 20% of the steps from a uniformly random policy, 40% from the pure policy and 40%
-from its noisy version (2 : 4 : 4):
-  pure            no noise (the 2 : 4 : 4 mix without noise: 20% random, 80% the policy)
-  eps1, eps3      a uniformly random action with probability 0.1 / 0.3
-  gaussian1/3     N(0, 0.1²) / N(0, 0.3²) added to the action (then clipped)
+and the BRAC-style noise datasets that BREMEN uses (BRAC's `collect_data.py` recipe, with the
+medium checkpoint as BRAC's "partially trained" policy), all from samples of the stochastic policy:
+  pure            100% policy samples
+  eps1, eps3      2 : 4 : 4 in whole-episode parts: 20% uniformly random actions (the random
+                  walk), 40% policy samples, 40% policy samples replaced by a uniformly random
+                  action with probability 0.1 / 0.3
+  gaussian1/3     as eps, with N(0, 0.1²) / N(0, 0.3²) added to the noisy part's samples, clipped
+                  to [low + 1e-3, high - 1e-3] as BRAC does
 
 medium and expert sample the stochastic SAC policy, as D4RL's generation did. Every file
 ends at an episode boundary: collection runs past `--num-steps` to finish its last episode.
@@ -64,7 +66,6 @@ LEVELS = (
     "gaussian3",
 )
 NOISE = {
-    "pure": ("none", 0.0),
     "eps1": ("eps", 0.1),
     "eps3": ("eps", 0.3),
     "gaussian1": ("gaussian", 0.1),
@@ -271,7 +272,9 @@ def pick(ckpts: list[dict], step: Optional[int], what: str) -> dict:
 
 
 def make_policy(ckpt: dict, env: gym.Env, mode: str, noise: float, rng: np.random.Generator):
-    """A function obs -> action: 'sample' (stochastic SAC), 'mean', or mean + eps / gaussian noise."""
+    """A function obs -> action: 'mean' (the deterministic action), 'sample' (the stochastic SAC policy), or a
+    sample made noisy: 'eps' (a uniformly random action with probability `noise`) or 'gaussian' (plus N(0, noise²),
+    clipped 1e-3 inside the bounds)."""
     actor = load_sac_actor_class()(
         env.observation_space.shape[0],
         env.action_space.shape[0],
@@ -284,13 +287,13 @@ def make_policy(ckpt: dict, env: gym.Env, mode: str, noise: float, rng: np.rando
 
     @torch.no_grad()
     def act(obs):
-        action = actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), deterministic=(mode != "sample"))[0][
-            0
-        ].numpy()
+        obs = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
+        action = actor(obs, deterministic=(mode == "mean"))[0][0].numpy()
         if mode == "eps" and rng.random() < noise:
             action = rng.uniform(low, high).astype(np.float32)
         elif mode == "gaussian":
-            action = np.clip(action + noise * rng.standard_normal(action.shape), low, high).astype(np.float32)
+            noisy = action + noise * rng.standard_normal(action.shape)
+            action = np.clip(noisy, low + 1e-3, high - 1e-3).astype(np.float32)
         return action
 
     return act
@@ -432,6 +435,8 @@ def main():
         if len(ends) == 0:
             sys.exit(f"error: the replay buffer ends before step {medium['step']}")
         data = {k: v[: ends[0] + 1] for k, v in buffer.items()}
+    elif args.level == "pure":
+        data = collect(env, make_policy(medium, env, "sample", 0.0, rng), args.num_steps, args.seed, "pure")
     else:
         mode, noise = NOISE[args.level]
         sizes = [int(0.2 * args.num_steps), int(0.4 * args.num_steps)]
@@ -439,7 +444,7 @@ def main():
         data = mix(
             [
                 collect(env, random_policy(env, rng), sizes[0], args.seed, "random walk"),
-                collect(env, make_policy(medium, env, "mean", 0.0, rng), sizes[1], args.seed + 1, "pure"),
+                collect(env, make_policy(medium, env, "sample", 0.0, rng), sizes[1], args.seed + 1, "pure"),
                 collect(env, make_policy(medium, env, mode, noise, rng), sizes[2], args.seed + 2, args.level),
             ]
         )

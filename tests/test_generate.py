@@ -20,7 +20,7 @@ NUM_STEPS = 300
 # Long enough that the final policy clearly beats the random one (about -700 against -1200
 # at 3000 steps), so that ref_min_score < ref_max_score holds; about 10 s on one thread.
 SAC_STEPS, SAC_EVAL_EVERY = 3000, 1000
-LEVELS = ("random", "medium", "expert", "medium-replay", "medium-expert", "eps1")
+LEVELS = ("random", "medium", "expert", "medium-replay", "medium-expert", "pure", "eps1")
 GENERATE = os.path.join(ROOT, "datasets", "generate.py")
 
 
@@ -210,12 +210,58 @@ def test_medium_replay_is_buffer_prefix(generated, sac_run):
 
 
 def test_noise_level_mix(generated):
-    """eps1: a random walk part, then the pure mean policy, then the noisy one."""
+    """eps1: a random walk part, then policy samples, then the noisy samples (2 : 4 : 4, whole episodes)."""
     arrays, _ = read(generated["eps1"][0])
     assert len(arrays["rewards"]) == 3 * EPISODE  # 60, 120 and 120 steps, each finished to 200
     random_part = arrays["actions"][:EPISODE, 0]
     assert random_part.std() > 0.8  # uniform on [-2, 2]: std 1.15
     assert random_part.min() < -1.5 and random_part.max() > 1.5
+
+
+def medium_actor(sac_run, attrs):
+    """The medium checkpoint's actor and the generator's policy maker."""
+    generate = load_script(GENERATE)
+    ckpt = next(c for c in checkpoint_info(sac_run) if c["step"] == int(attrs["medium_step"]))
+    return generate, ckpt
+
+
+def test_pure_is_policy_samples(generated, sac_run):
+    """BRAC's pure: every action a sample of the stochastic policy, none its mean action, none random."""
+    arrays, attrs = read(generated["pure"][0])
+    generate, ckpt = medium_actor(sac_run, attrs)
+    env = generate.make_env(ENV_ID)
+    mean = generate.make_policy(ckpt, env, "mean", 0.0, np.random.default_rng(0))
+    means = np.stack([mean(o) for o in arrays["observations"]])
+    gap = np.abs(arrays["actions"] - means)[:, 0]
+    assert (gap > 1e-6).all()  # sampled, not the mean action
+    assert np.median(gap) < 1.0  # but near it: not uniform on [-2, 2] (a random action's median gap is about 1)
+
+
+def test_noisy_policies(sac_run):
+    """eps replaces a sample by a uniform action with probability ε; gaussian adds N(0, σ²) to a sample and clips
+    1e-3 inside the bounds; both start from the policy's samples, the same draws as 'sample' under one torch seed."""
+    generate = load_script(GENERATE)
+    env = generate.make_env(ENV_ID)
+    ckpt = checkpoint_info(sac_run)[-1]
+    obs = np.stack([env.observation_space.sample() for _ in range(400)])
+    low, high = env.action_space.low, env.action_space.high
+
+    def actions(mode, noise, seed=0):
+        torch.manual_seed(seed)
+        policy = generate.make_policy(ckpt, env, mode, noise, np.random.default_rng(seed))
+        return np.stack([policy(o) for o in obs])[:, 0]
+
+    samples = actions("sample", 0.0)
+    np.testing.assert_array_equal(actions("eps", 0.0), samples)  # ε = 0: the samples themselves
+    replaced = actions("eps", 0.3) != samples
+    assert 0.2 < replaced.mean() < 0.4  # about ε of them replaced (400 draws)
+    all_random = actions("eps", 1.0)
+    assert all_random.std() > 0.9 and low[0] <= all_random.min() and all_random.max() <= high[0]
+    noisy = actions("gaussian", 3.0)
+    assert noisy.min() >= low[0] + 1e-3 - 1e-6 and noisy.max() <= high[0] - 1e-3 + 1e-6
+    assert (noisy == np.float32(high[0] - 1e-3)).any()  # σ = 3 pushes some to the clip
+    inside = (np.abs(noisy) < high[0] - 0.1) & (np.abs(samples) < high[0] - 0.1)
+    assert 0.1 < np.abs(noisy - samples)[inside].std() / 3.0 < 3.0  # noise of about σ on the sample
 
 
 # ---------------------------------------------------------------------------- reproducibility
