@@ -65,12 +65,7 @@ LEVELS = (
     "gaussian1",
     "gaussian3",
 )
-NOISE = {
-    "eps1": ("eps", 0.1),
-    "eps3": ("eps", 0.3),
-    "gaussian1": ("gaussian", 0.1),
-    "gaussian3": ("gaussian", 0.3),
-}
+NOISE = {"eps1": ("eps", 0.1), "eps3": ("eps", 0.3), "gaussian1": ("gaussian", 0.1), "gaussian3": ("gaussian", 0.3)}
 # D4RL's reference returns (random, expert) for the environments its Gym-MuJoCo datasets cover
 D4RL_REFERENCE = {
     "Hopper": (-20.272305, 3234.3),
