@@ -20,8 +20,8 @@ dataset, actor lr 3e-5 (the paper's appendix), critic lr 3e-4, 3x256, standardis
 CORL's orthogonal initialisation, no warm start, 1M updates, rewards as they are except on
 hopper-medium-v2 (its config scales them, --reward-scaling return_range). The authors' D4RL
 launcher (aviralkumar2907/CQL, commit d67dbe9, d4rl/examples/cql_mujoco_new.py and README) is
-one config file away (benchmarks/configs/cql/variants/official.yaml): 40,000 warm-start updates
-whose actor loss is behaviour cloning (--bc-steps, its policy_eval_start), policy lr 1e-4,
+one config file away (benchmarks/configs/cql/variants/official.yaml): 39,999 warm-start updates
+whose actor loss is behaviour cloning (--bc-steps; its policy_eval_start 40000 compared with `<`), policy lr 1e-4,
 min_q_weight 5, raw observations, PyTorch's initialisation, 3M updates. Left as they are in both:
 the actor's log σ is its own output head clamped to [-20, 2] (CORL adds a learned scale and an
 offset of -1; the authors' copy of rlkit clamps at -5), and --no-orthogonal-init gives PyTorch's

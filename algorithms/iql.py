@@ -16,10 +16,14 @@ configs/mujoco_config.py, train_offline.py), one setting for every Gym-MuJoCo da
 are scaled by dataset kind as that code does it: times 1000 / (max - min episode return) on
 halfcheetah, hopper and walker2d, r - 1 on AntMaze, unchanged elsewhere; a dataset file can name
 its own rule (attribute reward_scaling; the shipped Pendulum files ask for return_range), and
---reward-scaling overrides both. The published numbers benchmarks/published_scores.yaml puts
-beside ours are CORL's (corl-team/CORL, configs/offline/iql/), which differ: standardised
-observations everywhere, and on hopper-medium(-replay) a deterministic actor, target τ 0.001 and
-reward scaling, on hopper-medium-expert β 6 and expectile 0.5; not reproduced here.
+--reward-scaling overrides both. One difference is left: max and min are over the loader's finished episodes
+(as CORL's return_reward_range has them), while the official code's split_into_trajectories also counts an
+episode cut short by the end of the data, which changes the scale only where that piece's return lies outside
+the finished episodes' range (never on the shipped files, whose last step ends an episode; not measured on
+D4RL's). The published numbers benchmarks/published_scores.yaml puts beside ours are CORL's (corl-team/CORL,
+configs/offline/iql/), which differ: standardised observations everywhere, and on hopper-medium(-replay) a
+deterministic actor, target τ 0.001 and reward scaling, on hopper-medium-expert β 6 and expectile 0.5; not
+reproduced here.
 
 Example:
     python algorithms/iql.py --dataset shipped/hopper-medium-replay --num-updates 50000

@@ -306,7 +306,8 @@ def test_configs_follow_their_references():
         assert cql["reward_scaling"] == ("return_range" if dataset == "hopper-medium-v2" else "none")
         assert iql["reward_scaling"] == "return_range"  # the official IQL code's rule for these three tasks
         assert read("edac", dataset)["diversity_members"] == 0
-    # ReBRAC's (β₁, β₂) on all 15, as in CORL's configs/offline/rebrac/ (commit eeeeef2)
+    # ReBRAC's (β₁, β₂) on all 15, as in the authors' configs/rebrac/ (tinkoff-ai/ReBRAC, commit 694385b) and their
+    # port in CORL's configs/offline/rebrac/ (commit eeeeef2), which agree
     rebrac = {
         "halfcheetah-random-v2": (0.001, 0.1),
         "halfcheetah-medium-v2": (0.001, 0.01),

@@ -211,7 +211,8 @@ def test_defaults_are_corls_and_the_official_config_is_the_launchers():
     assert args.normalize_observations and args.orthogonal_init and args.num_updates == 1_000_000
     assert (args.lagrange_threshold, args.reward_scaling) == (-1.0, "none")
     official = yaml.safe_load(open(os.path.join(ROOT, "benchmarks", "configs", "cql", "variants", "official.yaml")))
-    assert (official["bc_steps"], official["num_updates"], official["actor_lr"]) == (40000, 3_000_000, 1e-4)
+    # policy_eval_start 40000 compared with `<` after the count: updates 1 to 39,999 clone the data
+    assert (official["bc_steps"], official["num_updates"], official["actor_lr"]) == (39999, 3_000_000, 1e-4)
     assert official["normalize_observations"] is False and official["orthogonal_init"] is False
     hopper = yaml.safe_load(open(os.path.join(ROOT, "benchmarks", "configs", "cql", "hopper-medium-v2.yaml")))
     assert hopper["reward_scaling"] == "return_range"  # CORL's normalize_reward, on there only
