@@ -498,3 +498,47 @@ def test_dynamics_time_reports_when_each_target_was_reached_and_reuses_the_cache
     assert rows[0].split("|")[-3].strip() == "1 ep / 0.0 min"  # a target every epoch meets: the first
     assert rows[0].split("|")[-2].strip() == "not reached"
     assert len(list(cache.glob("*.pt"))) == 1
+
+
+def test_bremen_report_tables_and_curves(tmp_path):
+    """benchmarks/bremen_report.py on tiny real runs: an offline BREMEN run with bc.py beside it, and a deployment
+    run; each row comes from its results.json and both plots are written."""
+    from scripts import tiny_args
+
+    runs = tmp_path / "runs"
+    dataset = os.path.join(ROOT, "datasets", "shipped", "pendulum-eps1.hdf5")
+    for name, extra in (("bremen", []), ("bremen", ["--mode", "deployment"]), ("bc", [])):
+        command = [sys.executable, os.path.join(ROOT, "algorithms", name + ".py")]
+        command += tiny_args(name, dataset=dataset, runs_dir=str(runs)) + extra
+        done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bremen_report.py", str(runs), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = {
+        (r["algo"], r.get("mode")): r for r in map(json.load, map(open, glob.glob(str(runs / "*" / "results.json"))))
+    }
+    report = (out / "report.md").read_text()
+    offline, deployment, bc = results["bremen", "offline"], results["bremen", "deployment"], results["bc", None]
+    row = next(line for line in report.splitlines() if line.startswith(f"| {offline['dataset']} | 0 |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2:7] == [
+        f"{offline['behaviour_normalized_score']:.1f}",
+        f"{offline['bc_normalized_score']:.1f}",
+        f"{bc['last_normalized_score']:.1f}",
+        f"{offline['last_normalized_score']:.1f}",
+        f"{offline['best_normalized_score']:.1f}",
+    ]
+    rows = [line for line in report.splitlines() if line.startswith("| 0 | ")]  # the deployment table
+    assert len(rows) == len(deployment["deployments"]) >= 2
+    for line, record in zip(rows, deployment["deployments"]):
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert cells[2:4] == [str(record["real_steps"]), f"{record['data_return']:.1f}"]
+    assert (out / "offline.png").stat().st_size > 10_000 and (out / "deployment.png").stat().st_size > 10_000
