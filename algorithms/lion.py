@@ -491,8 +491,7 @@ def main():
     kind = environment_kind(data)
     args = resolve(args, kind, data)
     obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
-    settings = {k[len("dynamics_") :]: v for k, v in asdict(args).items() if k.startswith("dynamics_")}
-    settings.pop("cache_dir")
+    settings = {k[9:]: v for k, v in asdict(args).items() if k.startswith("dynamics_") and k != "dynamics_cache_dir"}
     models = load_or_train_models(
         data, kind, settings, args.seed, args.dynamics_cache_dir or os.path.join(args.runs_dir, "dynamics"), device
     ).requires_grad_(False)
@@ -515,7 +514,6 @@ def main():
     beta = torch.distributions.Beta(torch.tensor(args.lambda_beta, device=device), torch.tensor(args.lambda_beta))
     env_policy = lambda o, lam: to_env(policy(o, lam))  # noqa: E731
     env_behaviour = lambda o: to_env(behaviour(o))  # noqa: E731
-    env_policy.obs_mean = policy.obs_mean
 
     def clone_behaviour(step: int):
         """β by MSE on the data's consecutive minibatches of 512 rows (the authors' unshuffled order)."""
@@ -567,7 +565,14 @@ def main():
 
     def evaluate_and_record(step: int):
         sweep = lambda_sweep(
-            data.make_env, env_policy, env_behaviour, args.eval_episodes, args.eval_steps, args.eval_gamma, args.seed
+            data.make_env,
+            env_policy,
+            env_behaviour,
+            args.eval_episodes,
+            args.eval_steps,
+            args.eval_gamma,
+            args.seed,
+            device,
         )
         returns = np.array(sweep["returns"][-1])  # λ = 1
         score = record_evaluation(run_dir, writer, history, step, returns, data, args.seed, clock)
@@ -586,7 +591,7 @@ def main():
         write_results(run_dir, results)
         plot_sweep(os.path.join(run_dir, "lambda_sweep.png"), sweep, f"{SCRIPT_NAME} on {data.name}", data_return)
         if obs_dim == 2:
-            plot_policy_maps(os.path.join(run_dir, "policy_maps.png"), policy)
+            plot_policy_maps(os.path.join(run_dir, "policy_maps.png"), env_policy, device)
         return sweep, score
 
     bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
@@ -1421,10 +1426,10 @@ LAMBDAS = np.round(np.arange(0, 1.0001, 0.05), 2)  # the evaluation's λ grid
 
 
 @torch.no_grad()
-def lambda_sweep(make_env, policy, behaviour, episodes: int, steps: int, gamma: float, seed: int) -> dict:
+def lambda_sweep(make_env, policy, behaviour, episodes: int, steps: int, gamma: float, seed: int, device) -> dict:
     """Return and distance ‖π(s, λ) - β(s)‖ per λ of LAMBDAS, `episodes` real episodes each (the same starts for
-    every λ), `steps` steps (0: the whole episode), discounted by `gamma`."""
-    device = policy.obs_mean.device
+    every λ), `steps` steps (0: the whole episode), discounted by `gamma`; policy(obs, λ) and behaviour(obs) take
+    and give batches of tensors on `device`."""
     n = len(LAMBDAS) * episodes
     envs = [make_env() for _ in range(n)]
     obs = np.stack([env.reset(seed=seed + i % episodes)[0] for i, env in enumerate(envs)])
@@ -1480,7 +1485,7 @@ def plot_sweep(path: str, sweep: dict, title: str, behaviour_return: Optional[fl
 
 
 @torch.no_grad()
-def plot_policy_maps(path: str, policy, lambdas=LAMBDAS, size: float = 10.0) -> None:
+def plot_policy_maps(path: str, policy, device, lambdas=LAMBDAS, size: float = 10.0) -> None:
     """2D tasks: the action's direction at every point of [0, size]² for each λ (colour: its angle; arrows)."""
     import matplotlib
 
@@ -1491,7 +1496,7 @@ def plot_policy_maps(path: str, policy, lambdas=LAMBDAS, size: float = 10.0) -> 
     xy = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)
     cols = 7
     fig, axes = plt.subplots(math.ceil(len(lambdas) / cols), cols, figsize=(2.2 * cols, 2.2 * len(lambdas) / cols))
-    obs = torch.as_tensor(xy, dtype=torch.float32, device=policy.obs_mean.device)
+    obs = torch.as_tensor(xy, dtype=torch.float32, device=device)
     for ax, lam in zip(np.ravel(axes), lambdas):
         a = policy(obs, torch.full((len(xy),), float(lam), device=obs.device)).cpu().numpy()
         angle = np.mod(np.arctan2(a[:, 1], a[:, 0]), 2 * np.pi).reshape(len(grid), len(grid))
