@@ -120,6 +120,8 @@ class Args:
     """Adam learning rate of the models (None: 1.25e-4 on IB, 0.01 otherwise)"""
     dynamics_batch_size: Optional[int] = None
     """model minibatch (None: 1024 windows on IB, 512 transitions otherwise)"""
+    dynamics_window_stride: int = 1
+    """IB models: train on every k-th 80-step window of a trajectory (1: all of them, as the paper)"""
     dynamics_cache_dir: Optional[str] = None
     """folder of trained models, reused by runs with the same data, settings and seed (None: <runs-dir>/dynamics)"""
     eval_every: Optional[int] = None
@@ -316,7 +318,7 @@ def trajectory_position(data) -> torch.Tensor:
     return rows - torch.cummax(torch.where(start, rows, 0), 0).values
 
 
-def model_data(data, kind: str) -> tuple[dict, tuple, tuple]:
+def model_data(data, kind: str, stride: int = 1) -> tuple[dict, tuple, tuple]:
     """The models' statistics and their training and validation sets: the last 10% of the trajectories
     validate (the authors' sequential 90/10 split). IB: windows of 80 consecutive frames [n, 80, 6];
     otherwise (obs, action, [next obs, reward]) rows."""
@@ -335,7 +337,7 @@ def model_data(data, kind: str) -> tuple[dict, tuple, tuple]:
         for a, b in zip(starts[:-1], starts[1:]):
             trajectory = torch.cat([frames[a:b], data.next_observations[b - 1 : b, :6]])
             if len(trajectory) >= IB_PAST + IB_FUTURE:
-                windows[a >= split].append(trajectory.unfold(0, IB_PAST + IB_FUTURE, 1).transpose(1, 2))
+                windows[a >= split].append(trajectory.unfold(0, IB_PAST + IB_FUTURE, stride).transpose(1, 2))
         if not windows[0] or not windows[1]:
             sys.exit(f"error: {data.name} has too few trajectories of {IB_PAST + IB_FUTURE}+ steps for the IB models")
         return stats, (torch.cat(windows[0]),), (torch.cat(windows[1]),)
@@ -399,7 +401,7 @@ def train_models(models: nn.Module, train: tuple, val: tuple, settings: dict) ->
 def load_or_train_models(data, kind: str, settings: dict, seed: int, cache_dir: str, device) -> nn.Module:
     """Train once, reuse: models saved with a fingerprint of the data, settings and seed are loaded when it
     matches; an unreadable file is moved aside (.corrupt) and the models trained anew."""
-    stats, train, val = model_data(data, kind)
+    stats, train, val = model_data(data, kind, settings["window_stride"])
     members = settings["members"]
     models = (
         RecurrentModels(members, stats)

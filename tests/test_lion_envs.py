@@ -14,14 +14,18 @@ legacy numpy stream: the reference from the global np.random seeded by IDS(inita
 RandomState with that seed behind the Generator method names the environment calls.
 """
 
+import json
 import os
+import subprocess
 import sys
 import types
 
 import gymnasium as gym
+import h5py
 import numpy as np
 import pytest
-from conftest import ALGORITHMS, ROOT
+import torch
+from conftest import ALGORITHMS, ROOT, load_script
 
 sys.path.insert(0, ALGORITHMS)
 from custom_envs import lion2d  # noqa: E402
@@ -164,3 +168,43 @@ if __name__ == "__main__":  # write the fixture from the reference package (see 
     frames = np.stack([reference(IDS, p, int(s), actions_for(int(s))) for p, s in zip(SETPOINTS, seeds)])
     np.savez_compressed(FIXTURE, setpoints=np.array(SETPOINTS, dtype=float), seeds=seeds, frames=frames)
     print(f"wrote {FIXTURE}: {frames.shape}")
+
+
+def generate(tmp_path, name, *extra):
+    out = tmp_path / f"{name}.hdf5"
+    argv = [sys.executable, os.path.join(ROOT, "datasets", "lion_generate.py"), "--dataset", name, "--out", str(out)]
+    result = subprocess.run([*argv, *extra], capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    with h5py.File(out) as f:
+        return {k: f[k][()] for k in f}, dict(f.attrs), out
+
+
+def test_generated_ib_dataset(tmp_path):
+    """ε = 0: every action is the behaviour rule's; the histories shift by one frame per step; rewards are
+    -(3 f + c) / 100 of the next frame; the loader of the scripts reads it and makes its environment."""
+    arrays, attrs, path = generate(tmp_path, "ib-bad-0.0", "--trajectories", "2", "--ref-episodes", "1")
+    obs, actions = arrays["observations"].reshape(-1, 30, 6), arrays["actions"]
+    assert obs.shape == (2000, 30, 6) and arrays["timeouts"].sum() == 2 and arrays["timeouts"][999]
+    np.testing.assert_allclose(actions, np.clip(100 - obs[:, 0, 1:4], -1, 1))
+    inside = ~arrays["timeouts"][:-1]
+    np.testing.assert_array_equal(obs[1:][inside, 1:], obs[:-1][inside, :-1])
+    np.testing.assert_allclose(
+        arrays["rewards"][:-1][inside], -(3 * obs[1:][inside, 0, 4] + obs[1:][inside, 0, 5]) / 100, rtol=1e-5
+    )
+    assert "raw-unit" in attrs["reconstructed"] and json.loads(attrs["env_kwargs"])["setpoint"] == 70
+    assert attrs["ref_min_score"] < attrs["ref_max_score"]
+    lion = load_script("lion")
+    data = lion.load_dataset(str(path), torch.device("cpu"))
+    assert data.observations.shape == (1998, 180)  # each trajectory's last step has no next observation in the file
+
+
+def test_generated_2d_dataset(tmp_path):
+    arrays, attrs, _ = generate(tmp_path, "lion2d", "--trajectories", "40", "--ref-episodes", "2")
+    behaviour = lion2d.nearer_goal_action(arrays["observations"])
+    follows = np.all(np.isclose(arrays["actions"], behaviour), -1)
+    assert arrays["observations"].shape == (1000, 2) and 0.8 < follows.mean() < 0.97  # ε = 0.1 random actions
+    np.testing.assert_allclose(
+        arrays["next_observations"], arrays["observations"] + np.clip(arrays["actions"], -1, 1), rtol=1e-5
+    )
+    np.testing.assert_allclose(arrays["rewards"], lion2d.reward(arrays["next_observations"]), rtol=1e-5)
+    assert attrs["env_id"] == "custom_envs.lion2d:Lion2D-v0"
