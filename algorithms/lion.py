@@ -1477,7 +1477,7 @@ def plot_sweep(path: str, sweep: dict, title: str, behaviour_return: Optional[fl
         ax.fill_between(lam, mean - std, mean + std, color="tab:blue", alpha=0.25)
         ax.set_ylabel(label)
     if behaviour_return is not None:
-        axes[0].axhline(behaviour_return, color="gray", ls="--", label="behaviour")
+        axes[0].axhline(behaviour_return, color="gray", ls="--", label="data (same protocol)")
         axes[0].legend()
     axes[0].set_title(title)
     axes[1].set_xlabel("λ (0: behaviour, 1: model return)")

@@ -62,7 +62,8 @@ def test_slider_redraws_the_policy_at_lambda(lion_2d_run):
         assert f"λ = {lam:.2f}" in window.axes[0].get_title()
         assert window.last_seconds < 1.0
     # the policy map is the policy's at that λ
-    lion_actions = window.steering.policy(torch.tensor([[1.0, 1.0]]), torch.tensor([1.0]))[0].numpy()
+    with torch.no_grad():
+        lion_actions = window.steering.policy(torch.tensor([[1.0, 1.0]]), torch.tensor([1.0]))[0].numpy()
     n = int(np.sqrt(len(window.grid)))
     angle = np.asarray(window.image.get_array()).reshape(n, n)[2, 2]  # grid point (1, 1)
     assert angle == pytest.approx(np.mod(np.arctan2(lion_actions[1], lion_actions[0]), 2 * np.pi), abs=1e-5)
