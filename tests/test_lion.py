@@ -136,3 +136,20 @@ def test_lion_2d_learning(tmp_path):
     assert ret[0.0] < 2.5 and ret[0.4] < 5
     assert ret[0.8] > 15 and ret[1.0] > 17
     assert dist[1.0] > 5 * dist[0.0] and dist[1.0] > dist[0.5] > dist[0.0]
+
+
+def test_lambda_td3_bc_actor_loss_ends():
+    """λ = 0: the actor's loss is behaviour cloning alone; λ = 1: -Q / (mean|Q| / α) alone; and λ reaches both nets."""
+    ltd3 = load_script("lambda_td3_bc")
+    torch.manual_seed(0)
+    actor = ltd3.Actor(3, 2, 16, -np.ones(2), np.ones(2))
+    critic = ltd3.DoubleCritic(3, 2, 16)
+    obs, actions = torch.randn(8, 3), torch.rand(8, 2) * 2 - 1
+    bc = ((actor(obs, torch.zeros(8)) - actions) ** 2).mean()
+    loss0, _ = ltd3.actor_loss_fn(actor, critic, obs, actions, torch.zeros(8), 2.5)
+    torch.testing.assert_close(loss0, bc)
+    q = critic(obs, actor(obs, torch.ones(8)), torch.ones(8))[0]
+    loss1, _ = ltd3.actor_loss_fn(actor, critic, obs, actions, torch.ones(8), 2.5)
+    torch.testing.assert_close(loss1, (-q / (q.abs().mean() / 2.5)).mean())
+    assert not torch.allclose(actor(obs, torch.zeros(8)), actor(obs, torch.ones(8)))
+    assert not torch.allclose(critic(obs, actions, torch.zeros(8)), critic(obs, actions, torch.ones(8)))
