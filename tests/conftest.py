@@ -9,6 +9,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = os.path.join(ROOT, "algorithms")
 SHIPPED = os.path.join(ROOT, "datasets", "shipped")
+# a script run as a file has its own folder on sys.path, which is how gym.make("custom_envs.<module>:<EnvId>") finds
+# this project's environments (algorithms/custom_envs/); scripts loaded in-process by the tests see the same
+sys.path.append(ALGORITHMS)
 
 
 def load_script(name: str):
