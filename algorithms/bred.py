@@ -105,6 +105,8 @@ class Args:
     """online: Adam learning rate of the density-ratio network"""
     priority_temperature: float = 5.0
     """T: a sampled transition's priority is w^(1/T) over the mean of w^(1/T) on the offline batch"""
+    balanced_replay: bool = True
+    """off: every transition at priority 1, drawn uniformly (plain replay, the paper's ablation)"""
     init_online_fraction: float = 0.5
     """f: the first 1000 online samples carry about this fraction of the sampling mass (the README's demo: 0.75)"""
     online_buffer_size: int = 250_000
@@ -305,8 +307,8 @@ def main():
         offline_obs, offline_actions = data.sample(args.batch_size)[:2]
         online_obs, online_actions = online.sample(args.batch_size)[:2]
         w_offline, w_online = ratio(offline_obs, offline_actions), ratio(online_obs, online_actions)
-        with torch.no_grad():
-            replay.update(idx, priorities(ratio(obs, actions), w_offline, args.priority_temperature))
+        if args.balanced_replay:
+            replay.update(idx, priorities(ratio(obs, actions), w_offline, args.priority_temperature).detach())
         alpha = online_log_alpha.exp().detach()
         pi, logp = actor.sample(*moment_matched(*actor(obs)))
         q_pi = critic(obs.expand(n, *obs.shape), pi.expand(n, *pi.shape), frozen=True).min(1).values.mean(0)
@@ -348,7 +350,7 @@ def main():
         m, f = len(data.rewards), args.init_online_fraction
         replay = PrioritizedReplay(m + args.online_steps, obs_dim, act_dim, device)
         replay.add(*dataset_rows(data), priority=1.0)
-        replay.max_priority.fill_(m * f / ((1 - f) * 1000))
+        replay.max_priority.fill_(m * f / ((1 - f) * 1000) if args.balanced_replay else 1.0)
         online = ReplayBuffer(args.online_buffer_size, obs_dim, act_dim, device)
         return replay, online, OnlineCollector(data.make_env, args.seed)
 
@@ -367,7 +369,6 @@ def main():
     writer = make_writer(args, run_dir, step)
 
     total = args.num_updates + args.online_steps
-    raw = torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device)  # observations as they are
     replay = online = collector = None  # made at the switch
     if extra.get("collector"):
         replay, online, collector = start_online()
@@ -383,15 +384,13 @@ def main():
             if collector is None:
                 replay, online, collector = start_online()
                 critic_target.load_state_dict(critic.state_dict())  # the authors' targets: copies of the critics
-            rows = as_rows(collector.step(lambda o: act(o, deterministic=False), step), device, *raw)
+            rows = as_rows(collector.step(lambda o: act(o, deterministic=False), step), device, 0.0, 1.0)
             replay.add(*rows)
             online.add(*rows)
-            epoch_step = step - args.num_updates
-            if epoch_step % args.epoch_steps == 0:
-                first = epoch_step == args.epoch_steps
-                for _ in range(args.epoch_steps * (args.first_epoch_multiplier if first else 1)):
-                    logs = online_update(replay, online)
-                    clock.tick()
+            epoch, into = divmod(step - args.num_updates, args.epoch_steps)  # updates only where an epoch ends
+            for _ in range(0 if into else args.epoch_steps * (args.first_epoch_multiplier if epoch == 1 else 1)):
+                logs = online_update(replay, online)
+                clock.tick()
 
         if step % args.log_every == 0:
             log_scalars(writer, logs, step)
@@ -1354,12 +1353,24 @@ def dataset_rows(data: OfflineData, keep: int = 0, seed: int = 0) -> tuple[torch
     return tuple(r[idx] for r in rows)
 
 
-def as_rows(transition: tuple[np.ndarray, ...], device: torch.device, obs_mean, obs_std) -> tuple[torch.Tensor, ...]:
-    """An environment transition as float tensors on the device, observations standardised as the data's."""
+def as_rows(
+    transition: tuple[np.ndarray, ...], device: torch.device, obs_mean, obs_std, reward_affine=(1.0, 0.0)
+) -> tuple[torch.Tensor, ...]:
+    """An environment transition as float tensors on the device, observations standardised as the data's and the
+    reward scaled as the data's (reward_affine: (scale, shift), see online_reward_affine)."""
     obs, action, reward, next_obs, terminal = (
         torch.as_tensor(x, dtype=torch.float32, device=device) for x in transition
     )
+    reward = reward * reward_affine[0] + reward_affine[1]
     return (obs - obs_mean) / obs_std, action, reward, (next_obs - obs_mean) / obs_std, terminal
+
+
+def online_reward_affine(rule: str, data: OfflineData) -> tuple[float, float]:
+    """The data's reward scaling (a rule that scale_rewards applied, "auto" resolved) as r * scale + shift, for the
+    rewards of the online phase: return_range 1000 / (max - min episode return of the data), minus_one r - 1."""
+    if rule == "return_range":
+        return 1000.0 / float(np.max(data.episode_returns) - np.min(data.episode_returns)), 0.0
+    return (1.0, -1.0) if rule == "minus_one" else (1.0, 0.0)
 
 
 def record_online(

@@ -1359,12 +1359,24 @@ def dataset_rows(data: OfflineData, keep: int = 0, seed: int = 0) -> tuple[torch
     return tuple(r[idx] for r in rows)
 
 
-def as_rows(transition: tuple[np.ndarray, ...], device: torch.device, obs_mean, obs_std) -> tuple[torch.Tensor, ...]:
-    """An environment transition as float tensors on the device, observations standardised as the data's."""
+def as_rows(
+    transition: tuple[np.ndarray, ...], device: torch.device, obs_mean, obs_std, reward_affine=(1.0, 0.0)
+) -> tuple[torch.Tensor, ...]:
+    """An environment transition as float tensors on the device, observations standardised as the data's and the
+    reward scaled as the data's (reward_affine: (scale, shift), see online_reward_affine)."""
     obs, action, reward, next_obs, terminal = (
         torch.as_tensor(x, dtype=torch.float32, device=device) for x in transition
     )
+    reward = reward * reward_affine[0] + reward_affine[1]
     return (obs - obs_mean) / obs_std, action, reward, (next_obs - obs_mean) / obs_std, terminal
+
+
+def online_reward_affine(rule: str, data: OfflineData) -> tuple[float, float]:
+    """The data's reward scaling (a rule that scale_rewards applied, "auto" resolved) as r * scale + shift, for the
+    rewards of the online phase: return_range 1000 / (max - min episode return of the data), minus_one r - 1."""
+    if rule == "return_range":
+        return 1000.0 / float(np.max(data.episode_returns) - np.min(data.episode_returns)), 0.0
+    return (1.0, -1.0) if rule == "minus_one" else (1.0, 0.0)
 
 
 def record_online(
