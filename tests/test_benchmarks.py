@@ -497,3 +497,24 @@ def test_dynamics_time_reports_when_each_target_was_reached_and_reuses_the_cache
     assert rows[0].split("|")[-3].strip() == "1 ep / 0.0 min"  # a target every epoch meets: the first
     assert rows[0].split("|")[-2].strip() == "not reached"
     assert len(list(cache.glob("*.pt"))) == 1
+
+
+def test_finetuning_grid_and_its_report(tmp_path):
+    """A cell with --set online_steps is finished only after its online phase; the report's fine-tuning table gives
+    the score at the switch, after the online steps, the dip and the training episodes' score from results.json."""
+    pytest.importorskip("rliable")
+    budget = [*TINY, "online_steps=200", "hidden_dim=32", "num_critics=2"]
+    done = run_grid(tmp_path, algos=("sac_n",), seeds=(0,), budget=budget)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    assert evaluations(run_dir)[-1]["step"] == 230
+    again = run_grid(tmp_path, "--dry-run", algos=("sac_n",), seeds=(0,), budget=budget)
+    assert again.returncode == 0 and "resume" not in again.stdout and "new" not in again.stdout, again.stdout
+    report = load_script(os.path.join(ROOT, "benchmarks", "report.py"))
+    report.main([str(tmp_path), "--out", str(tmp_path / "report"), "--reps", "50", "--profile-reps", "20"])
+    online = json.load(open(os.path.join(run_dir, "results.json")))["online"]
+    row = (
+        f"| {DATASET} | sac_n | 1 | 200 | {online['offline_score']:.1f} | {online['online_score']:.1f} | "
+        f"{online['dip']:.1f} | {online['train_score']:.1f} |"
+    )
+    assert row in (tmp_path / "report" / "report.md").read_text()
