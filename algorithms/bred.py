@@ -1503,14 +1503,24 @@ class PrioritizedReplay:
     def state_dict(self) -> dict:
         rows = {k: v[: self.size].cpu() for k, v in self.data.items()}
         priorities = self.tree[self.leaves : self.leaves + self.size].cpu()
-        return {"size": self.size, "pos": self.pos, "max": self.max_priority.cpu(), "priorities": priorities, **rows}
+        state = {"size": self.size, "pos": self.pos, "capacity": self.capacity, "max": self.max_priority.cpu()}
+        return {**state, "priorities": priorities, **rows}
 
     def load_state_dict(self, state: dict) -> None:
+        """Also into a buffer of another capacity (a resume that lengthens the run): the newest rows are kept, oldest
+        first, with their priorities, and the next row goes after them."""
         self.size, self.pos = state["size"], state["pos"]
+        resized = state.get("capacity", self.capacity) != self.capacity
+        keep = (lambda rows: rows.roll(-self.pos, 0)[-self.capacity :]) if resized else (lambda rows: rows)
         for key, value in self.data.items():
-            value[: self.size] = state[key].to(value.device)
+            rows = keep(state[key])
+            value[: len(rows)] = rows.to(value.device)
+        if resized:
+            self.size = min(self.size, self.capacity)
+            self.pos = self.size % self.capacity
         self.tree.zero_()
-        self.update(torch.arange(self.size, device=self.tree.device), state["priorities"].to(self.tree.device))
+        priorities = keep(state["priorities"]).to(self.tree.device)
+        self.update(torch.arange(self.size, device=self.tree.device), priorities)
         self.max_priority = state["max"].to(self.tree.device)
 
 

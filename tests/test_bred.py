@@ -75,6 +75,12 @@ def test_prioritized_buffer_state_round_trip():
     copy.load_state_dict(buffer.state_dict())
     assert torch.equal(copy.tree, buffer.tree) and copy.max_priority == buffer.max_priority == 5.0
     assert all(torch.equal(copy.data[k], buffer.data[k]) for k in buffer.data)
+    larger = bred.PrioritizedReplay(9, 2, 1, torch.device("cpu"))  # a resume that lengthens the run
+    larger.load_state_dict(buffer.state_dict())
+    one = torch.ones(1)
+    larger.add(one[:, None].expand(1, 2), one[:, None], one, one[:, None].expand(1, 2), one)
+    assert larger.size == 5 and torch.equal(larger.data["rewards"][:4], buffer.data["rewards"][:4])
+    assert torch.allclose(larger.probabilities(), torch.tensor([5.0, 1, 0.25, 1, 5], dtype=torch.float64) / 12.25)
 
 
 def test_moment_matched_policy():

@@ -132,3 +132,27 @@ def test_finetuning_raises_the_return(tmp_path):
     _, got = results(tmp_path)
     online = got["online"]
     assert online["online_score"] > 45.0 and online["online_score"] > online["offline_score"] + 40.0, got["evaluations"]
+
+
+def test_bred_resumed_inside_an_online_epoch(tmp_path):
+    """BRED's online state (prioritized buffer, the density-ratio network's FIFO, the environment) survives a resume
+    in the middle of an epoch: the run ends with the evaluations, training episodes and weights of one never cut."""
+
+    def bred(*argv):
+        script = os.path.join(ROOT, "algorithms", "bred.py")
+        done = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, env=ENV, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    bred(*tiny_args("bred", runs_dir=str(tmp_path / "whole")), "--online-steps", "210")
+    bred(*tiny_args("bred", runs_dir=str(tmp_path / "cut")), "--online-steps", "110")
+    (cut_dir,) = glob.glob(str(tmp_path / "cut" / "bred__*"))
+    bred("--resume", cut_dir, "--online-steps", "210")
+    (whole_dir,) = glob.glob(str(tmp_path / "whole" / "bred__*"))
+    whole, resumed = (json.load(open(os.path.join(d, "results.json"))) for d in (whole_dir, cut_dir))
+    cut_at = TINY["num_updates"] + 110
+    assert [e for e in resumed["evaluations"] if e["step"] != cut_at] == whole["evaluations"]
+    assert resumed["online"]["train_episodes"] == whole["online"]["train_episodes"]
+    final = [torch.load(os.path.join(d, "checkpoint.pt"), weights_only=False) for d in (whole_dir, cut_dir)]
+    for key in ("actor", "critic", "ratio", "alphas"):
+        for name, value in final[0]["objects"][key].items():
+            assert torch.equal(value, final[1]["objects"][key][name]), (key, name)
