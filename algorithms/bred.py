@@ -99,6 +99,8 @@ class Args:
     """offline: α of the CQL(H) penalty (min_q_weight in the CQL authors' code)"""
     num_sampled_actions: int = 10
     """offline: actions drawn per state from each of uniform, π(·|s) and π(·|s') for log Σ_a exp Q"""
+    online_init_alpha: float = 1.0
+    """online: α at the switch (the authors' 1.0); 0 starts from the offline members' mean α"""
     online_actor_lr: float = 3e-4
     """online: Adam learning rate of the ensemble policy and of log α (policy_lr of the authors' code)"""
     ratio_lr: float = 3e-4
@@ -140,7 +142,7 @@ class Args:
 
 
 LIMITS = {"cql_alpha": "[0, inf)", "priority_temperature": "(0, inf)", "init_online_fraction": "(0, 1)"}
-LIMITS["online_steps"] = "[0, inf)"  # 0: offline only
+LIMITS |= {"online_steps": "[0, inf)", "online_init_alpha": "[0, inf)"}  # 0: offline only; the offline α
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # rlkit's TanhGaussianPolicy, the authors' actors
 
 
@@ -241,9 +243,7 @@ def main():
     except DatasetError as e:
         sys.exit(f"error: {e}")
     obs_dim, act_dim, n = data.observations.shape[1], data.actions.shape[1], args.ensemble_size
-    probe = data.make_env()
-    actor = EnsembleActor(obs_dim, act_dim, args.hidden_dim, n, probe.action_space).to(device)
-    probe.close()
+    actor = EnsembleActor(obs_dim, act_dim, args.hidden_dim, n, data.make_env().action_space).to(device)
     critic = EnsembleCritic(obs_dim, act_dim, args.hidden_dim, n).to(device)
     critic_target = copy.deepcopy(critic).requires_grad_(False)
     ratio = DensityRatio(obs_dim, act_dim, args.hidden_dim).to(device)
@@ -340,9 +340,8 @@ def main():
     @torch.no_grad()
     def act(obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         mean, std = moment_matched(*actor(torch.as_tensor(obs, dtype=torch.float32, device=device)))
-        if deterministic:
-            return (torch.tanh(mean) * actor.action_scale + actor.action_bias).cpu().numpy()
-        return actor.sample(mean, std)[0].cpu().numpy()
+        action = actor.squash(mean, mean, std)[0] if deterministic else actor.sample(mean, std)[0]  # tanh(μ), or a ~ π
+        return action.cpu().numpy()
 
     def start_online():
         # the switch: one buffer by priority (the dataset at 1, online samples at a running maximum starting at
@@ -384,6 +383,8 @@ def main():
             if collector is None:
                 replay, online, collector = start_online()
                 critic_target.load_state_dict(critic.state_dict())  # the authors' targets: copies of the critics
+                start = np.log(args.online_init_alpha) if args.online_init_alpha else log_alpha.exp().mean().log()
+                online_log_alpha.data.fill_(start)
             rows = as_rows(collector.step(lambda o: act(o, deterministic=False), step), device, 0.0, 1.0)
             replay.add(*rows)
             online.add(*rows)

@@ -33,7 +33,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, item in enumerate(args.runs):
-        label, _, folder = item.partition("=")
+        label, _, folder = item.rpartition("=")  # labels may hold "="
         runs = load(folder)
         if not runs:
             sys.exit(f"error: no fine-tuning run (results.json with an online phase) under {folder}")
