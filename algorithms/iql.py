@@ -244,7 +244,8 @@ def actor_loss_fn(actor, obs, actions, weights):
 def online_replay(data, capacity: int) -> "ReplayBuffer":
     """IQL online (--online-steps), as the paper fine-tunes: the offline data stay in the replay buffer and every
     online transition joins them, batches drawn uniformly from both; the same expectile, temperature and losses (the
-    authors' train_finetune.py), online rewards scaled as the data's."""
+    authors' train_finetune.py), online rewards scaled as the data's; online the actor's learning rate is its base
+    value, not decayed (the official fine-tuning configs turn the decay off)."""
     replay = ReplayBuffer(
         len(data.rewards) + capacity, data.observations.shape[1], data.actions.shape[1], data.rewards.device
     )
@@ -346,6 +347,7 @@ def main():
     elif args.from_run:  # the online phase starts where that offline run ended
         step, extra = load_offline_run(args.from_run, args.dataset, trained)
         history, args.num_updates = extra["history"], step
+    if extra:
         actor_schedule.load_state_dict(extra["actor_schedule"])
     writer = make_writer(args, run_dir, step)
 
@@ -361,6 +363,7 @@ def main():
         if step > args.num_updates:  # online: one environment step with a sample of the policy, one update
             if collector is None:
                 replay, collector = online_replay(data, args.online_steps), OnlineCollector(data.make_env, args.seed)
+                actor_opt.param_groups[0]["lr"] = args.actor_lr  # no decay online
             rows = as_rows(collector.step(explore, step), device, obs_mean, obs_std, online_reward_affine(rule, data))
             replay.add(*rows)
             batch = replay.sample(args.batch_size)
@@ -368,7 +371,7 @@ def main():
             batch = data.sample(args.batch_size)
         logs = update(batch)
         clock.tick()
-        if args.cosine_actor_lr:
+        if args.cosine_actor_lr and step <= args.num_updates:
             actor_schedule.step()
 
         if step % args.log_every == 0:
