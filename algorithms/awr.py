@@ -408,7 +408,7 @@ def main():
 # ======== shared blocks below: the plumbing every script carries, copied byte for byte (tools/sync_blocks.py) ========
 # ---- shared: config ----
 # Options a resumed run may change: they set how long and how often, not what is learned.
-RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every", "log_every"}
+RESUMABLE = {"num_updates", "total_timesteps", "online_steps", "eval_every", "checkpoint_every", "log_every"}
 RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
 
 

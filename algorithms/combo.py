@@ -472,7 +472,7 @@ def main():
 # ======== shared blocks below: the plumbing every script carries, copied byte for byte (tools/sync_blocks.py) ========
 # ---- shared: config ----
 # Options a resumed run may change: they set how long and how often, not what is learned.
-RESUMABLE = {"num_updates", "total_timesteps", "eval_every", "checkpoint_every", "log_every"}
+RESUMABLE = {"num_updates", "total_timesteps", "online_steps", "eval_every", "checkpoint_every", "log_every"}
 RESUMABLE |= {"device", "threads", "compile", "track", "runs_dir", "resume", "config"}
 
 
@@ -1914,12 +1914,20 @@ class ReplayBuffer:
         return tuple(v[idx] for v in self.data.values())
 
     def state_dict(self) -> dict:
-        return {"size": self.size, "pos": self.pos, **{k: v[: self.size].cpu() for k, v in self.data.items()}}
+        rows = {k: v[: self.size].cpu() for k, v in self.data.items()}
+        return {"size": self.size, "pos": self.pos, "capacity": self.capacity, **rows}
 
     def load_state_dict(self, state: dict) -> None:
+        """Also into a buffer of another capacity (a resume that lengthens the run): the newest rows are kept, oldest
+        first, and the next row goes after them."""
         self.size, self.pos = state["size"], state["pos"]
+        resized = state.get("capacity", self.capacity) != self.capacity
         for key, value in self.data.items():
-            value[: self.size] = state[key].to(value.device)
+            rows = state[key].roll(-self.pos, 0)[-self.capacity :] if resized else state[key]
+            value[: len(rows)] = rows.to(value.device)
+        if resized:
+            self.size = min(self.size, self.capacity)
+            self.pos = self.size % self.capacity
 
 
 # ---- end shared: replay_buffer ----

@@ -68,7 +68,7 @@ def load_runs(runs_dir: Path) -> tuple[list[dict], list[str]]:
         except (OSError, yaml.YAMLError):  # no config.yaml: count the run as it is
             config = {}
         last_step = results["evaluations"][-1]["step"]
-        target = config.get("num_updates", last_step)
+        target = config.get("num_updates", last_step) + (config.get("online_steps") or 0)  # offline, then online
         runs.append(
             {
                 **results,
@@ -166,6 +166,32 @@ def score_table(groups: dict, datasets: list[str], algos: list[str], sources: di
                 f"{mean_std([r['best_normalized_score'] for r in runs])} | {published} | {minutes} |"
             )
     return lines
+
+
+def finetune_table(groups: dict, datasets: list[str], algos: list[str]) -> list[str]:
+    """Runs with an online phase (--online-steps): the score at the switch, after the online steps, the dip (the
+    lowest online evaluation below the switch's score) and the training episodes' mean score (the train regret's
+    complement), mean ± std over seeds. Empty when no run fine-tuned."""
+    lines = []
+    for dataset in datasets:
+        for algo in algos:
+            runs = [r for r in groups.get((dataset, algo), []) if r.get("online")]
+            if runs:
+                steps = sorted({r["last_step"] - r["online"]["offline_steps"] for r in runs})
+                cells = [mean_std([r["online"][k] for r in runs]) for k in ("offline_score", "online_score", "dip")]
+                trained = [r["online"]["train_score"] for r in runs if r["online"]["train_score"] is not None]
+                train = mean_std(trained) if trained else DASH
+                lines.append(f"| {dataset} | {algo} | {len(runs)} | {steps[-1]} | {' | '.join(cells)} | {train} |")
+    if not lines:
+        return []
+    return [
+        "## Online fine-tuning",
+        "",
+        "| dataset | algorithm | seeds | online steps | offline score | online score | dip | training episodes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *lines,
+        "",
+    ]
 
 
 # ---------------------------------------------------------------- rliable aggregates
@@ -399,6 +425,7 @@ def main(argv=None):
         "",
         *score_table(groups, datasets, algos, sources),
         "",
+        *finetune_table(groups, datasets, algos),
         *aggregate_section(groups, algos, datasets, args, out, colors),
         "## Learning curves",
         "",

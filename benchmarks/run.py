@@ -29,6 +29,8 @@ Examples (from the project root):
         --set num_updates=20000 eval_every=5000 --dry-run
     python benchmarks/run.py --algos iql --datasets hopper-medium-v2 --set iql.expectile=0.8 \
         --runs-dir runs/iql-expectile
+    python benchmarks/run.py --algos awac iql cql sac_n bred --datasets shipped/pendulum-medium --seeds 0 1 2 \
+        --set num_updates=4000 online_steps=2000 --runs-dir runs/finetune   # offline, then online fine-tuning
     python benchmarks/run.py --algos td3_bc --datasets hopper-medium-v2 \
         --slurm-partition gpu --slurm-time 24:00:00 --slurm-gpus-per-node 1
 Then: python benchmarks/report.py runs/benchmark
@@ -178,6 +180,7 @@ class Cell:
     device: Optional[str]
     python: str
     cwd: str  # where the sweep was started: relative dataset paths mean the same in every cell
+    online_steps: int = 0  # online fine-tuning after num_updates (--set online_steps=N): a finished run has both
 
     @property
     def name(self) -> str:
@@ -211,6 +214,7 @@ def make_cells(args, fields: dict[str, dict], overrides: dict[str, dict]) -> lis
             settings = {**settings, **overrides[algo]}
             settings.pop("dataset", None)  # the grid passes --dataset; a config's own name must not win
             num_updates = settings.get("num_updates", fields[algo]["num_updates"][1])
+            online_steps = settings.get("online_steps", fields[algo].get("online_steps", (None, 0))[1])
             for seed in args.seeds:
                 cells.append(
                     Cell(
@@ -226,6 +230,7 @@ def make_cells(args, fields: dict[str, dict], overrides: dict[str, dict]) -> lis
                         device=args.device,
                         python=sys.executable,
                         cwd=os.getcwd(),
+                        online_steps=int(online_steps or 0),
                     )
                 )
     return cells
@@ -300,7 +305,9 @@ def inspect(cell: Cell) -> tuple[str, Optional[str], str]:
                 f"{run_dir} was made with {', '.join(changed)}; move it away or use another --runs-dir",
             )
         step = last_step(run_dir)
-        if step >= cell.num_updates or stopped(run_dir):  # a run its divergence check stopped is over
+        if step >= cell.num_updates + cell.online_steps or stopped(
+            run_dir
+        ):  # a run its divergence check stopped is over
             finished.append((step, run_dir))
         elif config and os.path.isfile(os.path.join(run_dir, "checkpoint.pt")):
             resumable.append((step, os.path.getmtime(os.path.join(run_dir, "checkpoint.pt")), run_dir))
@@ -326,6 +333,8 @@ def command(cell: Cell, action: str, run_dir: Optional[str]) -> list[str]:
     if action == "resume":
         # the run's own config.yaml holds its settings; only the budget and the runtime may change
         argv = [cell.python, script, "--resume", run_dir, "--num-updates", str(cell.num_updates)]
+        if cell.online_steps:
+            argv += ["--online-steps", str(cell.online_steps)]
     else:
         argv = [cell.python, script]
         if cell.config_path():

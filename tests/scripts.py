@@ -39,9 +39,15 @@ TINY = {
     "horizon": 5,
     "deploy_every": 20,
     "deployment_steps": 200,
+    # bred: short online epochs, so that tests/test_online.py's online phase (--online-steps) updates
+    "epoch_steps": 20,
+    "first_epoch_multiplier": 2,
 }
 # tiny values for one script only, where the field's name is shared with scripts that keep their own
-TINY_PER_SCRIPT = {"bremen": {"dynamics_hidden_dim": 32}}
+TINY_PER_SCRIPT = {
+    "bremen": {"dynamics_hidden_dim": 32},
+    "bred": {"online_steps": 0},  # offline only here (its default is 250,000): test_online.py runs its online phase
+}
 
 
 def script_names() -> list[str]:

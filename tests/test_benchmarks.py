@@ -262,7 +262,8 @@ def test_every_config_names_its_dataset_and_only_fields_the_script_has(folder):
     files = sorted(glob.glob(os.path.join(root, "*", "**", "*.yaml"), recursive=True))
     algos = {os.path.relpath(f, root).split(os.sep)[0] for f in files}
     if folder == "benchmarks/cpu/configs":  # the CPU benchmark covers every offline script
-        assert algos == set(run.offline_algorithms())
+        # but BRED, an offline-to-online method measured by its fine-tuning runs (README, "Online fine-tuning")
+        assert algos == set(run.offline_algorithms()) - {"bred"}
     for algo in algos:
         assert os.path.isfile(os.path.join(ROOT, "algorithms", f"{algo}.py")), f"{folder}/{algo}: no such script"
     for path in files:
@@ -393,11 +394,10 @@ def test_cpu_configs_follow_the_one_rule():
     # the one named exception, a budget too: UWAC's Monte Carlo dropout passes (100 -> 10), said in its files
     exceptions = {"uwac": {"dropout_samples": 10}}
     root = os.path.join(ROOT, "benchmarks", "cpu", "configs")
-    # λ-TD3+BC (LION's baseline) is outside the rule: it runs at its authors' settings, which fit a CPU, and is
-    # evaluated by LION's λ sweep at the end (benchmarks/cpu/lion.sh)
-    model_free = [
-        a for a in run.offline_algorithms() if not {"dynamics_members", "lambda_beta"} & set(run.script_fields(a))
-    ]
+    # outside the rule: λ-TD3+BC (LION's baseline) runs at its authors' settings, which fit a CPU, and is evaluated by
+    # LION's λ sweep (benchmarks/cpu/lion.sh); BRED is measured by its fine-tuning runs
+    outside = {"dynamics_members", "lambda_beta"}
+    model_free = [a for a in run.offline_algorithms() if not outside & set(run.script_fields(a)) and a != "bred"]
     assert len(model_free) == 13, model_free
     for algo in model_free:
         defaults = load_script(algo).Args()
@@ -546,3 +546,24 @@ def test_bremen_report_tables_and_curves(tmp_path):
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert cells[2:4] == [str(record["real_steps"]), f"{record['data_return']:.1f}"]
     assert (out / "offline.png").stat().st_size > 10_000 and (out / "deployment.png").stat().st_size > 10_000
+
+
+def test_finetuning_grid_and_its_report(tmp_path):
+    """A cell with --set online_steps is finished only after its online phase; the report's fine-tuning table gives
+    the score at the switch, after the online steps, the dip and the training episodes' score from results.json."""
+    pytest.importorskip("rliable")
+    budget = [*TINY, "online_steps=200", "hidden_dim=32", "num_critics=2"]
+    done = run_grid(tmp_path, algos=("sac_n",), seeds=(0,), budget=budget)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    assert evaluations(run_dir)[-1]["step"] == 230
+    again = run_grid(tmp_path, "--dry-run", algos=("sac_n",), seeds=(0,), budget=budget)
+    assert again.returncode == 0 and "resume" not in again.stdout and "new" not in again.stdout, again.stdout
+    report = load_script(os.path.join(ROOT, "benchmarks", "report.py"))
+    report.main([str(tmp_path), "--out", str(tmp_path / "report"), "--reps", "50", "--profile-reps", "20"])
+    online = json.load(open(os.path.join(run_dir, "results.json")))["online"]
+    row = (
+        f"| {DATASET} | sac_n | 1 | 200 | {online['offline_score']:.1f} | {online['online_score']:.1f} | "
+        f"{online['dip']:.1f} | {online['train_score']:.1f} |"
+    )
+    assert row in (tmp_path / "report" / "report.md").read_text()
