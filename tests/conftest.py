@@ -9,6 +9,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = os.path.join(ROOT, "algorithms")
 SHIPPED = os.path.join(ROOT, "datasets", "shipped")
+# as running `python algorithms/x.py` does: a dataset's "custom_envs.module:EnvId" imports from beside the scripts
+if ALGORITHMS not in sys.path:
+    sys.path.insert(0, ALGORITHMS)
 
 
 def load_script(name: str):

@@ -1,16 +1,11 @@
 """BOReL's environments (algorithms/custom_envs/borel_*.py): rewards, task sampling and the trial structure
 (episodes of a trial, the done flag in the observation, the start state after an inner episode's end)."""
 
-import sys
-
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import ALGORITHMS
-
-sys.path.insert(0, ALGORITHMS)
-from custom_envs import borel_gridworld as grid  # noqa: E402
-from custom_envs import borel_point_robot as point  # noqa: E402
+from custom_envs import borel_gridworld as grid
+from custom_envs import borel_point_robot as point
 
 GRID_ID = "custom_envs.borel_gridworld:BorelGridNavi-v0"
 POINT_ID = "custom_envs.borel_point_robot:BorelPointRobotSparse-v0"
