@@ -10,6 +10,14 @@ BOReL (Dorfman, Shenfeld, Tamar, NeurIPS 2021), following the authors' code (Ron
 - Reward relabelling: a segment of some trials of task i is replaced by the same segment of another task's trial,
   and its rewards are recomputed with task i's reward function, so that behaviour alone cannot tell the task.
 - State relabelling: the hyper-state s⁺_t = [s_t, μ_t, log σ²_t].
+
+Measured once (not a test; a throwaway loop, one thread on the shared 2-core CPU): the gridworld VAE (GRU 64,
+state and reward embeddings 32 / 8, no action input, the 25-cell decoder, Adam 3e-4, batches of 8 tasks x 8
+trials) on the shipped borel-gridworld with reward relabelling redrawn every 50 steps; on each task's last 20
+(own, unrelabelled) trials, how often the decoder's most likely goal cell from μ_t is the goal: chance (0.05) up to
+2,000 steps, then at 4,000 / 6,000 / 8,000 steps 0.24 / 0.70 / 0.88 after the first episode (t = 15) and 0.23 /
+0.69 / 0.78 at the trial's end; 9 min for 8,000 steps. Without relabelling, 0.21 at t = 15 after 2,000 steps
+(0.10 with it at that point).
 """
 
 import torch
