@@ -4,11 +4,12 @@ the right step, reward relabelling and the hyper-states."""
 import math
 import os
 
+import h5py
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, load_script
+from conftest import ROOT, SHIPPED, load_script
 from custom_envs import borel_gridworld, borel_point_robot
 
 borel = load_script(os.path.join(ROOT, "wip", "borel_method.py"))
@@ -166,3 +167,48 @@ def test_hyper_states_pair_each_state_with_its_belief():
     torch.testing.assert_close(s[t], torch.cat([obs[t], mu[t], logvar[t]], -1))
     torch.testing.assert_close(s_next[t], torch.cat([next_obs[t], mu[t + 1], logvar[t + 1]], -1))
     torch.testing.assert_close(s_next[t, :, 3:], s[t + 1, :, 3:])
+
+
+def shipped_arrays():
+    with h5py.File(os.path.join(SHIPPED, "borel-gridworld.hdf5"), "r") as f:
+        return {k: f[k][()] for k in f.keys()}, dict(f.attrs)
+
+
+def test_trials_by_task_cuts_the_shipped_file():
+    arrays, attrs = shipped_arrays()
+    trials = borel.trials_by_task(arrays, attrs, "gridworld")
+    assert trials["observations"].shape == (21, 100, 60, 3) and trials["rewards"].shape == (21, 100, 60)
+    torch.testing.assert_close(trials["goals"], torch.as_tensor(borel_gridworld.GOALS, dtype=torch.float32))
+    np.testing.assert_array_equal(
+        trials["next_observations"][3, 7, 9], arrays["next_observations"][3 * 6000 + 7 * 60 + 9]
+    )
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no task_index", "no 'task_index' array"),
+        ("no trial structure", "does not give its trial structure"),
+        ("shuffled tasks", "not contiguous"),
+        ("a short task", "the same number of whole trials"),
+        ("cut trials", "do not mark the end"),
+        ("mixed params", "change within a task"),
+    ],
+)
+def test_a_bad_meta_dataset_gives_one_line(damage, message):
+    arrays, attrs = shipped_arrays()
+    if damage == "no task_index":
+        del arrays["task_index"]
+    elif damage == "no trial structure":
+        del attrs["episodes_per_trial"]
+    elif damage == "shuffled tasks":
+        arrays["task_index"][:60] = 5
+    elif damage == "a short task":
+        arrays = {k: v[60:] for k, v in arrays.items()}
+    elif damage == "cut trials":
+        arrays["timeouts"][100] = True
+    else:
+        arrays["task_params"][10] = [4, 4]
+    with pytest.raises(borel.MetaDatasetError, match=message) as error:
+        borel.trials_by_task(arrays, attrs, "data.hdf5")
+    assert "\n" not in str(error.value)

@@ -10,6 +10,8 @@ BOReL (Dorfman, Shenfeld, Tamar, NeurIPS 2021), following the authors' code (Ron
 - Reward relabelling: a segment of some trials of task i is replaced by the same segment of another task's trial,
   and its rewards are recomputed with task i's reward function, so that behaviour alone cannot tell the task.
 - State relabelling: the hyper-state s⁺_t = [s_t, μ_t, log σ²_t].
+- The data: a file of datasets/borel_generate.py cut into [tasks, trials, steps] (`trials_by_task`), refusing with
+  one line a file that cannot be cut so.
 
 Measured once (not a test; a throwaway loop, one thread on the shared 2-core CPU): the gridworld VAE (GRU 64,
 state and reward embeddings 32 / 8, no action input, the 25-cell decoder, Adam 3e-4, batches of 8 tasks x 8
@@ -20,11 +22,13 @@ trials) on the shipped borel-gridworld with reward relabelling redrawn every 50 
 (0.10 with it at that point).
 """
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 GRID_SIZE = 5
+TRIAL_KEYS = ("observations", "actions", "rewards", "next_observations")
 
 
 class BeliefEncoder(nn.Module):
@@ -153,3 +157,51 @@ def hyper_states(obs, next_obs, mu, logvar):
     """State relabelling: s⁺_t = [s_t, μ_t, log σ²_t] and s⁺_{t+1} = [s_{t+1}, μ_{t+1}, log σ²_{t+1}] for the steps of
     whole trials: obs, next_obs [T, B, S]; beliefs [T + 1, B, L] (belief t has seen the first t steps)."""
     return torch.cat([obs, mu[:-1], logvar[:-1]], -1), torch.cat([next_obs, mu[1:], logvar[1:]], -1)
+
+
+class MetaDatasetError(Exception):
+    """A meta-RL dataset that cannot be cut into tasks and trials; one line saying what is wrong and what to do."""
+
+
+def trials_by_task(arrays: dict, attrs: dict, source: str) -> dict:
+    """Cut a BOReL dataset (datasets/borel_generate.py's layout, already through the shared dataset checks) into
+    whole trials per task: observations, actions, rewards, next_observations [K tasks, N trials, T, ...], and the
+    goals [K, d]. Rows must be grouped by task, every task holding the same number of whole trials."""
+    for key in ("task_index", "task_params"):
+        if key not in arrays:
+            raise MetaDatasetError(
+                f"{source} has no '{key}' array; a meta-RL dataset needs the task of every step (task_index, "
+                "task_params): make it with datasets/borel_generate.py"
+            )
+    try:
+        length = int(attrs["episode_length"]) * int(attrs["episodes_per_trial"])
+    except (KeyError, ValueError, TypeError):
+        raise MetaDatasetError(
+            f"{source} does not give its trial structure; set the integer attributes episode_length and "
+            "episodes_per_trial"
+        )
+    index = np.asarray(arrays["task_index"]).reshape(-1)
+    n = len(index)
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    if len(np.unique(index)) != len(starts):
+        raise MetaDatasetError(f"{source}: the steps of a task are not contiguous; sort the rows by task_index")
+    sizes = np.diff(np.r_[starts, n])
+    if (sizes != sizes[0]).any() or sizes[0] % length:
+        raise MetaDatasetError(
+            f"{source}: tasks hold {sorted(set(sizes.tolist()))} steps; every task needs the same number of whole "
+            f"trials of {length} steps"
+        )
+    k, per_task = len(starts), sizes[0] // length
+    timeouts = np.asarray(arrays["timeouts"]).reshape(-1).astype(bool)
+    if not np.array_equal(timeouts, np.arange(n) % length == length - 1):
+        raise MetaDatasetError(
+            f"{source}: 'timeouts' do not mark the end of every {length}-step trial; the trials are cut elsewhere"
+        )
+    params = np.asarray(arrays["task_params"], dtype=np.float32).reshape(k, sizes[0], -1)
+    if not (params == params[:, :1]).all():
+        raise MetaDatasetError(f"{source}: 'task_params' change within a task; each task has one set of parameters")
+    shape = (k, per_task, length)
+    out = {key: torch.as_tensor(np.asarray(arrays[key], dtype=np.float32).reshape(*shape, -1)) for key in TRIAL_KEYS}
+    out["rewards"] = out["rewards"][..., 0]
+    out["goals"] = torch.as_tensor(params[:, 0])
+    return out
