@@ -9,9 +9,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = os.path.join(ROOT, "algorithms")
 SHIPPED = os.path.join(ROOT, "datasets", "shipped")
-# as running `python algorithms/x.py` does: a dataset's "custom_envs.module:EnvId" imports from beside the scripts
-if ALGORITHMS not in sys.path:
-    sys.path.insert(0, ALGORITHMS)
+# a script run as a file has its own folder on sys.path, which is how gym.make("custom_envs.<module>:<EnvId>") finds
+# this project's environments (algorithms/custom_envs/); scripts loaded in-process by the tests see the same
+sys.path.append(ALGORITHMS)
 
 
 def load_script(name: str):
