@@ -1,0 +1,214 @@
+"""BOReL's method parts built so far (wip/borel_method.py): the ELBO's terms by hand on tiny cases, the belief of
+the right step, reward relabelling and the hyper-states."""
+
+import math
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from conftest import ROOT, SHIPPED, load_script
+from custom_envs import borel_gridworld, borel_point_robot
+
+borel = load_script(os.path.join(ROOT, "wip", "borel_method.py"))
+
+
+def test_kl_to_previous_by_hand():
+    """q_0 = N(0, 1), q_1 = N(1, 1), q_2 = N(1, 2): KL to N(0, I), then to q_0, then to q_1."""
+    mu = torch.tensor([[[0.0]], [[1.0]], [[1.0]]])
+    logvar = torch.tensor([[[0.0]], [[0.0]], [[math.log(2.0)]]])
+    kl = borel.kl_to_previous(mu, logvar)
+    np.testing.assert_allclose(kl[:, 0], [0.0, 0.5, 0.5 * (1 - math.log(2.0))], atol=1e-6)
+
+
+def test_reward_terms_by_hand():
+    """mse: the mean over the decoded steps; cells: the sum over them of the cross-entropy with 1[r = 1]."""
+    decoded = torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, -1.0]]).unsqueeze(-1)  # [T + 1 = 3, T = 2, B = 1]
+    rewards = torch.tensor([[1.0], [0.0]])
+    np.testing.assert_allclose(borel.reward_nll(decoded, rewards, "mse")[:, 0], [1.0, 0.5, 1.0], atol=1e-6)
+    nll = borel.reward_nll(decoded, rewards, "cells")[:, 0]
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731  BCE(x, y) = softplus(x) - x y
+    by_hand = [softplus(0) - 0 + softplus(1), softplus(1) - 1 + softplus(1), softplus(2) - 2 + softplus(-1)]
+    np.testing.assert_allclose(nll, by_hand, atol=1e-6)
+
+
+class FixedEncoder(nn.Module):
+    def __init__(self, mu, logvar):
+        super().__init__()
+        self.mu_, self.logvar_ = mu, logvar
+
+    def forward(self, actions, next_obs, rewards):
+        return self.mu_, self.logvar_, None
+
+
+class FixedDecoder(nn.Module):
+    """r̂(z, s') = z + s'[0], so the decoded table is known."""
+
+    kind = "mse"
+
+    def forward(self, z, next_obs):
+        return z[..., 0] + next_obs[..., 0]
+
+
+def test_elbo_by_hand(monkeypatch):
+    """Two trials of two steps, the sample z = μ (noise set to 0): the loss is the mean over trials of
+    Σ_t mean_j (μ_t + s'_j - r_j)² + 0.05 Σ_t KL(q_t || q_{t-1}), with q_{-1} = N(0, 1)."""
+    monkeypatch.setattr(borel.torch, "randn_like", torch.zeros_like)
+    mu = torch.tensor([[[0.0], [0.5]], [[1.0], [0.5]], [[1.0], [-1.0]]])  # [T + 1, B, 1]
+    logvar = torch.tensor([[[0.0], [-1.0]], [[math.log(2.0)], [0.0]], [[0.5], [0.5]]])
+    next_obs = torch.tensor([[[0.0], [1.0]], [[1.0], [0.0]]])  # [T, B, 1]
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss, rew, kl = borel.elbo_loss(FixedEncoder(mu, logvar), FixedDecoder(), None, next_obs, rewards)
+
+    def kl_1d(m1, v1, m0, v0):
+        return 0.5 * (math.log(v0 / v1) + (v1 + (m1 - m0) ** 2) / v0 - 1)
+
+    rew_by_hand, kl_by_hand = [], []
+    for b in range(2):
+        m = [0.0] + [float(mu[t, b, 0]) for t in range(3)]
+        v = [1.0] + [math.exp(float(logvar[t, b, 0])) for t in range(3)]
+        rew_by_hand.append(
+            sum(
+                np.mean([(m[t + 1] + float(next_obs[j, b, 0] - rewards[j, b])) ** 2 for j in range(2)])
+                for t in range(3)
+            )
+        )
+        kl_by_hand.append(sum(kl_1d(m[t + 1], v[t + 1], m[t], v[t]) for t in range(3)))
+    assert rew.item() == pytest.approx(np.mean(rew_by_hand), rel=1e-5)
+    assert kl.item() == pytest.approx(np.mean(kl_by_hand), rel=1e-5)
+    assert loss.item() == pytest.approx(np.mean(rew_by_hand) + 0.05 * np.mean(kl_by_hand), rel=1e-5)
+
+
+def test_encoder_belief_of_the_right_step():
+    """Belief t has seen exactly the first t steps: a change at step j moves the beliefs after it and none before;
+    step by step with the hidden state (as evaluation runs it) gives the same beliefs as the whole trial at once."""
+    torch.manual_seed(0)
+    encoder = borel.BeliefEncoder(obs_dim=3, act_dim=2, hidden_dim=16)
+    actions, next_obs, rewards = torch.randn(6, 2, 2), torch.randn(6, 2, 3), torch.randn(6, 2)
+    mu, logvar, _ = encoder(actions, next_obs, rewards)
+    assert mu.shape == (7, 2, 5)
+    changed = rewards.clone()
+    changed[3] += 1.0
+    mu2, _, _ = encoder(actions, next_obs, changed)
+    assert torch.equal(mu[:4], mu2[:4]) and (mu[4:] != mu2[4:]).any(-1).all()
+    hidden, steps = None, [mu[0]]
+    for t in range(6):
+        m, _, hidden = encoder(actions[t : t + 1], next_obs[t : t + 1], rewards[t : t + 1], hidden)
+        steps.append(m[-1])
+    torch.testing.assert_close(torch.stack(steps), mu)
+
+
+def test_grid_decoder_reads_the_cell_of_the_next_state():
+    torch.manual_seed(0)
+    decoder = borel.RewardDecoder(obs_dim=3, kind="cells")
+    z = torch.randn(4, 5)
+    cells = torch.tensor([[0.0, 0.0, 0.0], [4.0, 1.0, 0.0], [2.0, 3.0, 1.0], [4.0, 4.0, 0.0]])
+    logits = decoder.net(z)
+    expected = logits[torch.arange(4), torch.tensor([0, 21, 13, 24])]
+    torch.testing.assert_close(decoder(z, cells), expected)
+
+
+def test_torch_rewards_match_the_environments():
+    cells = torch.tensor([(x, y, 0.0) for x in range(5) for y in range(5)])
+    for goal in borel_gridworld.GOALS:
+        np.testing.assert_allclose(
+            borel.grid_reward(cells, torch.tensor(goal, dtype=torch.float32)),
+            borel_gridworld.reward(cells.numpy(), goal),
+            atol=1e-6,
+        )
+    positions = torch.randn(1000, 3) * 0.3 + torch.tensor([0.0, 1.0, 0.0])
+    goal = np.array([0.1, 0.95])
+    np.testing.assert_array_equal(
+        borel.point_robot_reward(positions, torch.tensor(goal, dtype=torch.float32)),
+        borel_point_robot.reward(positions.numpy(), goal),
+    )
+
+
+def test_relabelling_keeps_the_other_tasks_transitions_and_this_tasks_rewards():
+    """Every relabelled segment is, whole, the same segment of one trial of another task; the rest of each trial is
+    its own; the rewards are this task's reward function of the (new) next states; about 63 % of the trials change."""
+    k, n, t, half = 6, 40, 8, 4
+    gen = torch.Generator().manual_seed(0)
+    goals = torch.tensor(borel_point_robot.sample_tasks(np.random.default_rng(0), k), dtype=torch.float32)
+    near = goals[:, None, None] + 0.1 * torch.randn(k, n, t, 2, generator=gen)  # each task's data near its goal
+    trials = {
+        "observations": torch.randn(k, n, t, 3, generator=gen),
+        "actions": torch.randn(k, n, t, 2, generator=gen),
+        "next_observations": torch.cat([near, torch.zeros(k, n, t, 1)], -1),
+    }
+    out = borel.relabel_rewards(trials, goals, [(0, half)], borel.point_robot_reward, gen)
+    flat = {key: v.reshape(k * n, t, -1) for key, v in trials.items()}
+    changed = 0
+    for i in range(k):
+        for m in range(n):
+            for key in trials:
+                assert torch.equal(out[key][i, m, half:], trials[key][i, m, half:])
+            if torch.equal(out["observations"][i, m], trials["observations"][i, m]):
+                continue
+            changed += 1
+            match = (flat["observations"][:, :half] == out["observations"][i, m, :half]).flatten(1).all(1).nonzero()
+            (source,) = match[:, 0].tolist()
+            assert source // n != i
+            for key in trials:
+                assert torch.equal(out[key][i, m, :half], flat[key][source, :half])
+    assert 0.55 < changed / (k * n) < 0.71  # 1 - 1/e of the trials, drawn with replacement
+    by_env = borel_point_robot.reward(out["next_observations"].numpy(), goals.numpy()[:, None, None])
+    np.testing.assert_array_equal(out["rewards"].numpy(), by_env)
+    assert out["rewards"][:, :, :half].mean() < 0.5 < out["rewards"][:, :, half:].mean()  # others' goals mostly miss
+
+
+def test_hyper_states_pair_each_state_with_its_belief():
+    obs, next_obs = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
+    mu, logvar = torch.randn(6, 2, 4), torch.randn(6, 2, 4)
+    s, s_next = borel.hyper_states(obs, next_obs, mu, logvar)
+    t = 2
+    torch.testing.assert_close(s[t], torch.cat([obs[t], mu[t], logvar[t]], -1))
+    torch.testing.assert_close(s_next[t], torch.cat([next_obs[t], mu[t + 1], logvar[t + 1]], -1))
+    torch.testing.assert_close(s_next[t, :, 3:], s[t + 1, :, 3:])
+
+
+def shipped_arrays():
+    with h5py.File(os.path.join(SHIPPED, "borel-gridworld.hdf5"), "r") as f:
+        return {k: f[k][()] for k in f.keys()}, dict(f.attrs)
+
+
+def test_trials_by_task_cuts_the_shipped_file():
+    arrays, attrs = shipped_arrays()
+    trials = borel.trials_by_task(arrays, attrs, "gridworld")
+    assert trials["observations"].shape == (21, 100, 60, 3) and trials["rewards"].shape == (21, 100, 60)
+    torch.testing.assert_close(trials["goals"], torch.as_tensor(borel_gridworld.GOALS, dtype=torch.float32))
+    np.testing.assert_array_equal(
+        trials["next_observations"][3, 7, 9], arrays["next_observations"][3 * 6000 + 7 * 60 + 9]
+    )
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no task_index", "no 'task_index' array"),
+        ("no trial structure", "does not give its trial structure"),
+        ("shuffled tasks", "not contiguous"),
+        ("a short task", "the same number of whole trials"),
+        ("cut trials", "do not mark the end"),
+        ("mixed params", "change within a task"),
+    ],
+)
+def test_a_bad_meta_dataset_gives_one_line(damage, message):
+    arrays, attrs = shipped_arrays()
+    if damage == "no task_index":
+        del arrays["task_index"]
+    elif damage == "no trial structure":
+        del attrs["episodes_per_trial"]
+    elif damage == "shuffled tasks":
+        arrays["task_index"][:60] = 5
+    elif damage == "a short task":
+        arrays = {k: v[60:] for k, v in arrays.items()}
+    elif damage == "cut trials":
+        arrays["timeouts"][100] = True
+    else:
+        arrays["task_params"][10] = [4, 4]
+    with pytest.raises(borel.MetaDatasetError, match=message) as error:
+        borel.trials_by_task(arrays, attrs, "data.hdf5")
+    assert "\n" not in str(error.value)
