@@ -117,7 +117,8 @@ def deployment_section(results: list[dict], out: str) -> list[str]:
         ax.plot(
             x, [d["data_return"] for d in deployments], marker="x", ls="--", label=f"deployment data, seed {r['seed']}"
         )
-    ax.set(xlabel="real environment steps collected", ylabel="return", title=runs[0]["dataset"])
+    title = f"from scratch, the task of {runs[0]['dataset']}"
+    ax.set(xlabel="real environment steps collected", ylabel="return", title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "deployment.png"), dpi=110)
