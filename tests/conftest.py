@@ -27,6 +27,23 @@ def load_script(name: str):
     return module
 
 
+# The slowest checks, longest first (minutes on one thread); see pytest_collection_modifyitems.
+SLOWEST = ("test_mobile_beats_the_data",)
+
+
+def pytest_collection_modifyitems(items):
+    """The learning checks run first, the slowest of them first, and the many short tests after them: with
+    `-n 2` (pytest.ini asks xdist for work stealing) the short tests then fill the other worker while the long
+    checks run, instead of one long check running alone at the end."""
+
+    def rank(item):
+        if item.originalname in SLOWEST:
+            return 0
+        return 1 if item.get_closest_marker("learning") else 2
+
+    items[:] = sorted(items, key=rank)  # stable: the order within each rank is kept
+
+
 @pytest.fixture(scope="session")
 def root():
     return ROOT
