@@ -32,6 +32,10 @@ Logged (tensorboard, in the run directory):
     losses/cql_penalty          offline: the CQL(H) term α (log Σ_a exp Q(s, a) - Q(s, a_data)), averaged
     losses/actor_loss           offline: the N actors' SAC losses, summed; online: the ensemble policy's loss
     losses/ratio_loss           online: the density-ratio network's f-divergence loss
+    values/q_mean               mean Q(s, a) of the 2N Q-functions on the batch's own actions
+    values/q_policy             mean Q(s, a) on the policy's actions (offline: each member's k samples; online: the
+                                members' twin minimum at the ensemble policy's sample, the actor's objective)
+    charts/entropy              online: the ensemble policy's entropy estimate -E[log π(a|s)]
     values/ratio_online         online: mean w(s, a) on online samples (above 1 once it tells them apart)
     values/online_fraction      online: the fraction of online transitions in the sampled RL batch
     charts/alpha                the mean temperature α (offline one per member; online one)
@@ -299,6 +303,7 @@ def main():
             "losses/actor_loss": actor_loss.detach(),
             "charts/alpha": alpha.mean(),
             "values/q_mean": q[..., 0].mean().detach(),
+            "values/q_policy": q[..., 1 + k : 1 + 2 * k].mean().detach(),
         }
 
     def online_update(replay, online):
@@ -335,6 +340,8 @@ def main():
             "values/online_fraction": (idx >= len(data.rewards)).float().mean(),
             "charts/alpha": alpha,
             "values/q_mean": q.mean().detach(),
+            "values/q_policy": q_pi.mean().detach(),
+            "charts/entropy": -logp.mean().detach(),
         }
 
     @torch.no_grad()
@@ -1428,7 +1435,11 @@ def load_offline_run(run_dir: str, dataset: str, objects: dict) -> tuple[int, di
     try:
         state = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
         for k, v in objects.items():
+            # an optimizer keeps its moments but takes this run's learning rates (a state dict carries the old ones)
+            rates = [g["lr"] for g in v.param_groups] if isinstance(v, torch.optim.Optimizer) else []
             v.load_state_dict(state["objects"][k])
+            for group, lr in zip(v.param_groups if rates else [], rates):
+                group["lr"] = lr
     except Exception as e:  # missing, truncated, of another script or of other network sizes
         reason = " ".join(str(e).split())[:200]
         sys.exit(

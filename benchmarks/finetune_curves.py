@@ -4,7 +4,7 @@ as dots.
 
     python benchmarks/finetune_curves.py --runs bred=runs/finetune/bred plain=runs/finetune/plain \
         --out benchmarks/results/finetune/curves.png
-Each RUNS folder is searched for results.json files with an online phase.
+Each RUNS folder (a glob pattern is fine: runs/grid/bred__*) is searched for results.json files with an online phase.
 """
 
 import argparse

@@ -91,6 +91,23 @@ def test_resume_inside_the_online_phase_and_from_run(tmp_path):
     assert [e["step"] for e in started["evaluations"]] == [50, 100, 150, 200]
 
 
+def test_from_run_keeps_the_moments_and_takes_this_runs_learning_rate(tmp_path):
+    """--from-run loads an optimizer's Adam moments from the offline run, but its learning rate is the one this run
+    was given (a state dict carries the old rate, which would otherwise override --online-actor-lr and the like)."""
+    script = load_script("sac_n")
+    net = torch.nn.Linear(2, 1)
+    old = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.ones(4, 2)).sum().backward()
+    old.step()
+    (tmp_path / "config.yaml").write_text("dataset: shipped/pendulum-medium\nonline_steps: 0\n")
+    torch.save({"step": 7, "objects": {"opt": old.state_dict()}, "extra": {}}, tmp_path / "checkpoint.pt")
+    new = torch.optim.Adam(torch.nn.Linear(2, 1).parameters(), lr=5e-5)
+    step, _ = script.load_offline_run(str(tmp_path), "shipped/pendulum-medium", {"opt": new})
+    assert step == 7 and new.param_groups[0]["lr"] == 5e-5
+    moments = [s["exp_avg"] for s in new.state_dict()["state"].values()]
+    assert moments and all(torch.equal(a, b["exp_avg"]) for a, b in zip(moments, old.state_dict()["state"].values()))
+
+
 @pytest.mark.parametrize("name", [n for n in script_names() if "online_steps" in args_fields(n)])
 def test_online_smoke(name, tmp_path):
     """Every script with --online-steps fine-tunes after its tiny offline budget: evaluations in both phases, the
