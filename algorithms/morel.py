@@ -1551,6 +1551,76 @@ def train_dynamics(
     }
 
 
+def refit_dynamics(
+    model: EnsembleDynamics,
+    rows: tuple[torch.Tensor, ...],
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    max_batches: int = 1000,
+    holdout_size: int = 1000,
+    patience: int = 5,
+    check_every: int = 100,
+    obs_margin: float = 0.1,
+) -> dict:
+    """Online fine-tuning: refit the ensemble on the real buffer `rows` (obs, actions, rewards, next_obs, terminals:
+    the dataset's kept transitions and every online one), as Lu et al. 2022 do every 1000 environment steps
+    (Mr-Pepe/offline-model-based-rl, benchmark/evaluation/finetuning.py: at most 1000 batches, patience 5).
+
+    Warm-started from the current weights; each member draws its own minibatches (with replacement) from the
+    training split, at most `max_batches` of them; every `check_every` batches the holdout MSE is measured, a member's
+    snapshot kept when it improves by more than 1 %, and the refit stops after `patience` checks with no improvement.
+    Every member ends at its best snapshot (never worse on the holdout than before the refit), and the elites are
+    chosen anew. The input standardisation stays the offline fit's (the warm-started weights were learned in its
+    units); the bounds on imagined observations and rewards widen to the buffer's range. A fresh Adam each time, and
+    the caller's RNG (a resumed run refits as an uninterrupted one). Nothing is written: the cached ensemble file of
+    the offline phase stays as it was, and the refitted one lives in the run's checkpoint.
+    """
+    obs, actions, rewards, next_obs, _ = rows
+    targets = torch.cat([next_obs - obs, rewards[:, None]], -1)
+    n, device, E = len(targets), targets.device, model.members
+    perm = torch.randperm(n, device=device)
+    n_hold = min(holdout_size, n // 5)
+    hold, train = perm[:n_hold], perm[n_hold:]
+    span = obs.amax(0) - obs.amin(0)
+    with torch.no_grad():
+        model.obs_low.copy_(torch.minimum(model.obs_low, obs.amin(0) - obs_margin * span))
+        model.obs_high.copy_(torch.maximum(model.obs_high, obs.amax(0) + obs_margin * span))
+        model.reward_range.copy_(
+            torch.stack([model.reward_range[0].minimum(rewards.min()), model.reward_range[1].maximum(rewards.max())])
+        )
+    optimizer = torch.optim.Adam(model.optimizer_groups(), lr=lr, fused=True)
+    member_params = [p for layer in model.layers for p in (layer.weight, layer.bias)]
+
+    def holdout_mse() -> torch.Tensor:
+        with torch.no_grad():
+            mean, _ = model(obs[hold], actions[hold])
+            return ((mean - targets[hold]) ** 2).mean((1, 2))
+
+    best = before = holdout_mse()
+    snapshot = [p.detach().clone() for p in member_params]
+    batches, stale = 0, 0
+    while batches < max_batches and stale < patience:
+        for _ in range(min(check_every, max_batches - batches)):
+            idx = train[torch.randint(0, len(train), (E, batch_size), device=device)]  # [E, B]: each member its own
+            loss = model.loss(obs[idx], actions[idx], targets[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            batches += 1
+        mse = holdout_mse()
+        improved = (best - mse) / best > 0.01
+        stale = 0 if improved.any() else stale + 1
+        best = torch.where(improved, mse, best)
+        with torch.no_grad():
+            for p, s in zip(member_params, snapshot):
+                s[improved] = p.detach()[improved]
+    with torch.no_grad():
+        for p, s in zip(member_params, snapshot):
+            p.copy_(s)
+        model.elite_idx.copy_(torch.argsort(best)[: model.num_elites])
+    return {"batches": batches, "holdout_before": before, "holdout_mse": best, "elites": model.elite_idx.clone()}
+
+
 def dynamics_settings(args) -> dict:
     """The settings a trained ensemble depends on (with the data and the seed, its cache key): the
     Args fields named dynamics_*, less the two that say where it is stored. Options added after
