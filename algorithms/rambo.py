@@ -88,6 +88,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import re
 import sys
@@ -230,6 +231,17 @@ class Args:
     """also log to Weights & Biases (needs wandb)"""
     config: Optional[str] = None
     """YAML file whose keys override these defaults (the command line still wins)"""
+    # online fine-tuning (Lu et al. 2022's model-based fine-tuning, see online_replay)
+    online_steps: int = 0
+    """environment steps of online fine-tuning after the offline updates, one update each (0: offline only)"""
+    from_run: Optional[str] = None
+    """run directory of an offline run of this script: its final agent starts the online phase (no offline updates)"""
+    online_keep: int = 0
+    """dataset transitions kept in the online real buffer, drawn at random (0: all; Lu et al. keep 50,000)"""
+    online_model_every: int = 1000
+    """online steps between refits of the dynamics ensemble on the real buffer (Lu et al.: 1000)"""
+    online_model_batches: int = 1000
+    """most gradient batches of one refit (Lu et al.: 1000; holdout early stopping may end it sooner)"""
 
 
 # Ranges of this method's own settings, checked with the general rules of the config block
@@ -333,6 +345,23 @@ def rollout(
     return batch, {"rollout/reward": batch[2].mean(), "rollout/terminal_rate": batch[4].mean()}
 
 
+def online_replay(data, capacity: int, keep: int, seed: int) -> "ReplayBuffer":
+    """RAMBO online (--online-steps), Lu et al. 2022's model-based fine-tuning: the real buffer is the dataset (all
+    of it, or `keep` transitions drawn at random) plus every online transition; one environment step with the
+    stochastic policy and one update per step, the offline update unchanged: the real half of each batch from the
+    real buffer, the rest from rollouts started from real-buffer states. The game goes on: after every epoch of
+    updates the adversary's turn, its supervised NLL now on the real buffer and its rollouts from real-buffer states,
+    so the model stays pessimistic where even the grown data say little; besides, every --online-model-every steps
+    the ensemble is refitted on the real buffer (refit_dynamics; the model, adversarially trained and refitted, is in
+    the checkpoint as offline). No BC pretraining at the switch or with --from-run."""
+    rows = dataset_rows(data, keep, seed)
+    replay = ReplayBuffer(
+        len(rows[2]) + capacity, data.observations.shape[1], data.actions.shape[1], data.rewards.device
+    )
+    replay.add(*rows)
+    return replay
+
+
 def main():
     args = parse_args(Args, LIMITS, CHOICES)
     real_batch = int(args.batch_size * args.real_ratio)
@@ -391,10 +420,9 @@ def main():
     update = torch.compile(agent.update) if args.compile else agent.update
 
     @torch.no_grad()
-    def act(obs: np.ndarray) -> np.ndarray:
-        return (
-            agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic=True)[0].cpu().numpy()
-        )
+    def act(obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        return agent.actor(obs, deterministic=deterministic)[0].cpu().numpy()
 
     run_dir = make_run_dir(args, args.dataset)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
@@ -405,13 +433,31 @@ def main():
         "model": model,
         "model_opt": model_opt,
     }
-    step, history, clock_state = 0, [], None
+    step, history, clock_state, extra = 0, [], None, {}
     if args.resume:
         step, extra = load_checkpoint(checkpoint_path, trained)
         history, clock_state = extra["history"], extra.get("clock")
+    elif args.from_run:  # the online phase starts where that offline run ended
+        step, extra = load_offline_run(args.from_run, args.dataset, trained)
+        history, args.num_updates = extra["history"], step
     writer = make_writer(args, run_dir, step)
 
-    if not args.resume:  # behaviour cloning of the policy before RL (its own Adam, dropped afterwards)
+    total, real = args.num_updates + args.online_steps, data  # the real transitions: the dataset, then online_replay
+    collector = None  # the online phase's environment, made at the switch
+    if extra.get("collector"):
+        real = online_replay(data, args.online_steps, args.online_keep, args.seed)
+        real.load_state_dict(extra["replay"])
+        collector = OnlineCollector(data.make_env, args.seed)
+        collector.load_state_dict(extra["collector"])
+
+    def real_rows() -> tuple[torch.Tensor, ...]:
+        if collector is None:
+            return data.observations, data.actions, data.rewards, data.next_observations, data.terminals
+        return tuple(v[: real.size] for v in real.data.values())
+
+    if (
+        not args.resume and not args.from_run
+    ):  # behaviour cloning of the policy before RL (its own Adam, dropped afterwards)
         bc_steps = args.bc_updates if args.bc_updates is not None else args.bc_epochs * max(len(data.rewards) // 256, 1)
         bc_opt = torch.optim.Adam(agent.actor.parameters(), lr=args.bc_lr)
         for _ in tqdm(range(bc_steps), desc="bc", mininterval=2):
@@ -423,16 +469,37 @@ def main():
         if bc_steps:
             log_scalars(writer, {"losses/bc_loss": loss.detach()}, 0)
 
-    bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
+    bar = tqdm(range(step + 1, total + 1), desc=SCRIPT_NAME, mininterval=2)
     clock, rollout_stats, adversary_stats = TrainClock(clock_state), {}, {}
     for step in bar:
+        if step > args.num_updates:  # online: one environment step with the stochastic policy, one update
+            if collector is None:
+                real = online_replay(data, args.online_steps, args.online_keep, args.seed)
+                collector = OnlineCollector(data.make_env, args.seed)
+                for group in agent.actor_opt.param_groups:
+                    group["lr"] = args.actor_lr
+            real.add(*as_rows(collector.step(lambda o: act(o, deterministic=False), step), device, 0.0, 1.0))
+            if (step - args.num_updates) % args.online_model_every == 0:
+                with clock.paused():
+                    fit = refit_dynamics(
+                        model,
+                        real_rows(),
+                        args.dynamics_batch_size,
+                        args.dynamics_lr,
+                        args.online_model_batches,
+                        args.dynamics_holdout_size,
+                        args.dynamics_patience,
+                    )
+                log_scalars(writer, {"dynamics/refit_holdout_mse": fit["holdout_mse"].mean()}, step)
         if (step - 1) % args.rollout_every == 0:
             if step > 1 and args.adv_weight > 0:  # the adversary's turn after each epoch of SAC updates
+                if collector is not None:  # online: its supervised NLL on the real buffer
+                    real_obs, real_act, real_rewards, real_next, _ = real_rows()
+                    real_targets = torch.cat([real_next - real_obs, real_rewards[:, None]], -1)
+                starts = real_rows()[0]
                 for i in range(args.adversary_steps):
-                    if i % args.rollout_length == 0:  # rollouts of h steps from dataset states
-                        obs = data.observations[
-                            torch.randint(0, len(data.rewards), (args.adversary_batch_size,), device=device)
-                        ]
+                    if i % args.rollout_length == 0:  # rollouts of h steps from real states
+                        obs = starts[torch.randint(0, len(starts), (args.adversary_batch_size,), device=device)]
                     idx = torch.randint(0, len(real_obs), (model.members, args.adversary_batch_size), device=device)
                     obs, adversary_stats = adversary_step(
                         model,
@@ -444,20 +511,23 @@ def main():
                         args.adv_weight,
                         args.gamma,
                     )
-            start = data.observations[torch.randint(0, len(data.rewards), (args.rollout_batch_size,), device=device)]
+            real_obs = real_rows()[0]
+            start = real_obs[torch.randint(0, len(real_obs), (args.rollout_batch_size,), device=device)]
             batch, rollout_stats = rollout(model, agent.actor, start, args.rollout_length, done_fn)
             model_buffer.add(*batch)
-        real, imagined = data.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
-        logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
-        agent.actor_schedule.step()
+        real_part, imagined = real.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
+        logs = update(*(torch.cat([r, m]) for r, m in zip(real_part, imagined)))
+        if collector is None:
+            agent.actor_schedule.step()
         clock.tick()
 
         if step % args.log_every == 0:
-            reward_low = torch.minimum(data.rewards.min(), model_buffer.data["rewards"][: model_buffer.size].min())
+            real_rewards = real_rows()[2]
+            reward_low = torch.minimum(real_rewards.min(), model_buffer.data["rewards"][: model_buffer.size].min())
             values, problem = agent.check_values(
-                {"real": real[:2], "model": imagined[:2]},
+                {"real": real_part[:2], "model": imagined[:2]},
                 reward_low.item(),
-                data.rewards.max().item(),
+                real_rewards.max().item(),
                 # for a policy as random as this one (mopo's rule), from the second epoch on; in the first, the
                 # range of every policy's values: the critic starts at 0, above what a BC policy's entropy allows
                 logs["charts/entropy"].item() if step > args.rollout_every else None,
@@ -465,15 +535,19 @@ def main():
             log_scalars(writer, logs | rollout_stats | adversary_stats | values, step)
             if problem and args.stop_on_divergence:
                 stop_run(run_dir, writer, problem)
-        if step % args.eval_every == 0 or step == args.num_updates:
+        if step % args.eval_every == 0 or step in (args.num_updates, total):
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
                 bar.set_postfix(
                     score=record_evaluation(run_dir, writer, history, step, returns, data, args.seed, clock)
                 )
-        if step % args.checkpoint_every == 0 or step == args.num_updates:
+                if collector is not None:
+                    record_online(run_dir, writer, history, collector, data, args.num_updates)
+        if step % args.checkpoint_every == 0 or step in (args.num_updates, total):
             with clock.paused():
-                save_checkpoint(checkpoint_path, step, trained, {"history": history, "clock": clock.state_dict()})
+                online = {"replay": real.state_dict(), "collector": collector.state_dict()} if collector else {}
+                extra = {"history": history, "clock": clock.state_dict()} | online
+                save_checkpoint(checkpoint_path, step, trained, extra)
 
     writer.close()
     print(final_summary(run_dir))
@@ -2011,6 +2085,181 @@ class ReplayBuffer:
 
 
 # ---- end shared: replay_buffer ----
+
+
+# ---- shared: online ----
+# Online fine-tuning after the offline phase (--online-steps): the environment the agent now acts in, its
+# training episodes (the train regret beside the deterministic evaluations), and the start from a saved
+# offline run (--from-run). Which replay the agent learns from, and with which rule, is the method's own.
+class OnlineCollector:
+    """One environment stepped with the agent's exploration policy, one transition per call.
+
+    One environment, not a vector of them: every paper's fine-tuning makes one update per environment step,
+    and an update costs far more than a step of these environments, so more environments per update would
+    only change the update-to-data ratio. The environment's whole state goes into the checkpoint, so a
+    resumed online phase continues the episode it was in and ends with the numbers of an uninterrupted run.
+    """
+
+    def __init__(self, make_env: Callable[[], gym.Env], seed: int):
+        self.env = make_env()
+        self.obs, _ = self.env.reset(seed=seed)
+        self.env.action_space.seed(seed)
+        self.episode_return, self.episodes = 0.0, []  # finished training episodes: (step, return)
+        self.logged = 0  # how many of them tensorboard has
+
+    def step(self, policy: Callable[[np.ndarray], np.ndarray], step: int) -> tuple[np.ndarray, ...]:
+        """Act once with `policy` (a batch of one raw observation -> a batch of one action); returns the
+        transition as arrays of one row (obs, action, reward, next_obs, terminal), raw as the environment gives it."""
+        obs = self.obs
+        action = policy(obs[None])[0]
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.episode_return += float(reward)
+        if terminated or truncated:  # a time-limit cut is no terminal: its target still bootstraps
+            self.episodes.append((step, self.episode_return))
+            self.obs, _ = self.env.reset()
+            self.episode_return = 0.0
+        else:
+            self.obs = next_obs
+        return obs[None], action[None], np.array([reward]), next_obs[None], np.array([float(terminated)])
+
+    def state_dict(self) -> dict:
+        env, steps = self.env, {}
+        while isinstance(env, gym.Wrapper):  # TimeLimit's step count, kept by wrapper type
+            if hasattr(env, "_elapsed_steps"):
+                steps[type(env).__name__] = env._elapsed_steps
+            env = env.env
+        raw, physics = self.env.unwrapped, None
+        if hasattr(raw, "set_state") and hasattr(raw, "model"):  # a MuJoCo environment pickles as its constructor
+            import mujoco
+
+            physics = np.empty(mujoco.mj_stateSize(raw.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+            mujoco.mj_getState(raw.model, raw.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        return {
+            "env": pickle.dumps(self.env),
+            "mujoco": physics,  # time, qpos, qvel, warm start: all that the next step depends on
+            "elapsed": steps,
+            "rng": raw.np_random.bit_generator.state,
+            "obs": self.obs,
+            "episode_return": self.episode_return,
+            "episodes": self.episodes,
+            "logged": self.logged,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.env.close()
+        self.env = pickle.loads(state["env"])
+        if state["mujoco"] is not None:
+            import mujoco
+
+            self.env.reset()
+            raw = self.env.unwrapped
+            mujoco.mj_setState(raw.model, raw.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(raw.model, raw.data)
+        env = self.env
+        while isinstance(env, gym.Wrapper):
+            if type(env).__name__ in state["elapsed"]:
+                env._elapsed_steps = state["elapsed"][type(env).__name__]
+            env = env.env
+        self.env.unwrapped.np_random.bit_generator.state = state["rng"]
+        self.obs, self.episode_return, self.episodes = state["obs"], state["episode_return"], state["episodes"]
+        self.logged = state["logged"]
+
+
+def dataset_rows(data: OfflineData, keep: int = 0, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """The dataset's transitions (obs, action, reward, next_obs, terminal) to put into an online replay: all of them
+    (keep 0), or `keep` drawn uniformly without replacement (seeded)."""
+    rows = (data.observations, data.actions, data.rewards, data.next_observations, data.terminals)
+    if keep <= 0 or keep >= len(data.rewards):
+        return rows
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.rewards), generator=generator)[:keep].to(data.rewards.device)
+    return tuple(r[idx] for r in rows)
+
+
+def as_rows(
+    transition: tuple[np.ndarray, ...], device: torch.device, obs_mean, obs_std, reward_affine=(1.0, 0.0)
+) -> tuple[torch.Tensor, ...]:
+    """An environment transition as float tensors on the device, observations standardised as the data's and the
+    reward scaled as the data's (reward_affine: (scale, shift), see online_reward_affine)."""
+    obs, action, reward, next_obs, terminal = (
+        torch.as_tensor(x, dtype=torch.float32, device=device) for x in transition
+    )
+    reward = reward * reward_affine[0] + reward_affine[1]
+    return (obs - obs_mean) / obs_std, action, reward, (next_obs - obs_mean) / obs_std, terminal
+
+
+def online_reward_affine(rule: str, data: OfflineData) -> tuple[float, float]:
+    """The data's reward scaling (a rule that scale_rewards applied, "auto" resolved) as r * scale + shift, for the
+    rewards of the online phase: return_range 1000 / (max - min episode return of the data), minus_one r - 1."""
+    if rule == "return_range":
+        return 1000.0 / float(np.max(data.episode_returns) - np.min(data.episode_returns)), 0.0
+    return (1.0, -1.0) if rule == "minus_one" else (1.0, 0.0)
+
+
+def record_online(
+    run_dir: str,
+    writer: SummaryWriter,
+    history: list,
+    collector: OnlineCollector,
+    data: OfflineData,
+    offline_steps: int,
+) -> None:
+    """Add the online phase to results.json after an evaluation that record_evaluation wrote: the phase of every
+    evaluation, the training episodes' returns (the train regret: what the agent earned while it learned), and the
+    offline start, the online end and the dip (the lowest online evaluation below the offline start)."""
+    for step, episode_return in collector.episodes[collector.logged :]:
+        writer.add_scalar("online/train_episode_return", episode_return, step)
+    collector.logged = len(collector.episodes)
+    scored = data.ref_min_score is not None
+    score = lambda r: float(normalized_score(r, data.ref_min_score, data.ref_max_score)) if scored else float(r)
+    for h in history:
+        h["phase"] = "offline" if h["step"] <= offline_steps else "online"
+    offline = [h for h in history if h["phase"] == "offline"]
+    online = [h for h in history if h["phase"] == "online"]
+    key = "normalized_score" if scored else "return"
+    start = offline[-1][key] if offline else None
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
+    episodes = [{"step": s, "return": r, key: score(r)} for s, r in collector.episodes]
+    results["evaluations"] = history
+    results["online"] = {
+        "offline_steps": offline_steps,
+        "offline_score": start,
+        "online_score": online[-1][key] if online else None,
+        "dip": max(0.0, start - min(h[key] for h in online)) if online and start is not None else None,
+        "train_episodes": episodes,
+        "train_score": float(np.mean([e[key] for e in episodes])) if episodes else None,
+    }
+    write_results(run_dir, results)
+
+
+def load_offline_run(run_dir: str, dataset: str, objects: dict) -> tuple[int, dict]:
+    """--from-run: the final checkpoint of an offline run of this script on the same dataset, loaded into
+    `objects`; returns its step (where the online phase starts) and its extra state (evaluation history, ...)."""
+    config = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config):
+        sys.exit(f"error: --from-run: {run_dir!r} has no config.yaml; pass the run directory of an offline run")
+    with open(config) as f:
+        saved = yaml.safe_load(f) or {}
+    if saved.get("dataset") != dataset:
+        sys.exit(
+            f"error: --from-run: that run learned from {saved.get('dataset')!r}, not {dataset!r}; pass its dataset"
+        )
+    if saved.get("online_steps"):
+        sys.exit("error: --from-run: that run already has an online phase; pass an offline run (or --resume it)")
+    try:
+        state = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
+        for k, v in objects.items():
+            v.load_state_dict(state["objects"][k])
+    except Exception as e:  # missing, truncated, of another script or of other network sizes
+        reason = " ".join(str(e).split())[:200]
+        sys.exit(
+            f"error: --from-run: cannot load {run_dir}/checkpoint.pt ({reason}); pass an offline run of this script"
+        )
+    return state["step"], state["extra"]
+
+
+# ---- end shared: online ----
 
 
 if __name__ == "__main__":
