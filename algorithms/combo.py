@@ -216,7 +216,6 @@ class Args:
     """also log to Weights & Biases (needs wandb)"""
     config: Optional[str] = None
     """YAML file whose keys override these defaults (the command line still wins)"""
-    # online fine-tuning (Lu et al. 2022's model-based fine-tuning, see online_replay)
     online_steps: int = 0
     """environment steps of online fine-tuning after the offline updates, one update each (0: offline only)"""
     from_run: Optional[str] = None
@@ -310,19 +309,17 @@ def lagrange_losses(term: torch.Tensor, log_alpha_prime: torch.Tensor, threshold
     return alpha_prime.detach() * (term - threshold), -(alpha_prime * (term.detach() - threshold)).mean()
 
 
-def online_replay(data, capacity: int, keep: int, seed: int) -> "ReplayBuffer":
+def online_replay(data, args: Args) -> "ReplayBuffer":
     """COMBO online (--online-steps), Lu et al. 2022's model-based fine-tuning: the real buffer is the dataset (all
-    of it, or `keep` transitions drawn at random) plus every online transition; one environment step with the
+    of it, or --online-keep transitions drawn at random) plus every online transition; one environment step with the
     stochastic policy and one update per step, the offline update unchanged: the real rows of each batch come from
     the real buffer, so the conservative term's "data" side (E_data[Q], pushed up) becomes the real buffer, online
     transitions included, while the push-down side stays the model's states (or the mixed batch's); model rollouts
     start from real-buffer states, and the ensemble is refitted on the real buffer every --online-model-every steps
     (refit_dynamics). β and the Lagrange state carry on. The actor's learning rate is its base value online (a cosine
     that ended at the switch would leave it at 0)."""
-    rows = dataset_rows(data, keep, seed)
-    replay = ReplayBuffer(
-        len(rows[2]) + capacity, data.observations.shape[1], data.actions.shape[1], data.rewards.device
-    )
+    rows = dataset_rows(data, args.online_keep, args.seed)
+    replay = ReplayBuffer(len(rows[2]) + args.online_steps, rows[0].shape[1], rows[1].shape[1], rows[2].device)
     replay.add(*rows)
     return replay
 
@@ -460,44 +457,29 @@ def main():
         model.load_state_dict(extra["dynamics"])
     writer = make_writer(args, run_dir, step)
 
-    total, real = args.num_updates + args.online_steps, data  # the real transitions: the dataset, then online_replay
-    collector = None  # the online phase's environment, made at the switch
+    total, real, collector = args.num_updates + args.online_steps, data, None  # real: the dataset, then online_replay's
     if extra.get("collector"):
-        real = online_replay(data, args.online_steps, args.online_keep, args.seed)
+        real, collector = online_replay(data, args), OnlineCollector(data.make_env, args.seed)
         real.load_state_dict(extra["replay"])
-        collector = OnlineCollector(data.make_env, args.seed)
         collector.load_state_dict(extra["collector"])
 
-    def real_rows() -> tuple[torch.Tensor, ...]:
-        if collector is None:
-            return data.observations, data.actions, data.rewards, data.next_observations, data.terminals
-        return tuple(v[: real.size] for v in real.data.values())
+    def real_rows() -> tuple[torch.Tensor, ...]:  # the dataset offline, the real buffer online
+        return tuple(v[: real.size] for v in real.data.values()) if collector else dataset_rows(data)
 
     bar = tqdm(range(step + 1, total + 1), desc=SCRIPT_NAME, mininterval=2)
     clock, rollout_stats = TrainClock(clock_state), {}  # a run resumed between rollouts logs none until the next
     for step in bar:
         if step > args.num_updates:  # online: one environment step with the stochastic policy, one update
             if collector is None:
-                real = online_replay(data, args.online_steps, args.online_keep, args.seed)
-                collector = OnlineCollector(data.make_env, args.seed)
-                for group in agent.actor_opt.param_groups:
-                    group["lr"] = args.actor_lr
+                real, collector = online_replay(data, args), OnlineCollector(data.make_env, args.seed)
+                agent.actor_opt.param_groups[0]["lr"] = args.actor_lr
             real.add(*as_rows(collector.step(lambda o: act(o, deterministic=False), step), device, 0.0, 1.0))
             if (step - args.num_updates) % args.online_model_every == 0:
                 with clock.paused():
-                    fit = refit_dynamics(
-                        model,
-                        real_rows(),
-                        args.dynamics_batch_size,
-                        args.dynamics_lr,
-                        args.online_model_batches,
-                        args.dynamics_holdout_size,
-                        args.dynamics_patience,
-                    )
+                    fit = refit_dynamics(model, real_rows(), dynamics_settings(args), args.online_model_batches)
                 log_scalars(writer, {"dynamics/refit_holdout_mse": fit["holdout_mse"].mean()}, step)
         if (step - 1) % args.rollout_every == 0:
-            real_obs = real_rows()[0]
-            start = real_obs[torch.randint(0, len(real_obs), (args.rollout_batch_size,), device=device)]
+            start = real_rows()[0][torch.randint(0, len(real_rows()[0]), (args.rollout_batch_size,), device=device)]
             batch, rollout_stats = rollout(model, agent.actor, start, args.rollout_length, done_fn)
             model_buffer.add(*batch)
         real_part, imagined = real.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
@@ -529,14 +511,13 @@ def main():
                     record_online(run_dir, writer, history, collector, data, args.num_updates)
         if step % args.checkpoint_every == 0 or step in (args.num_updates, total):
             with clock.paused():
-                online = {"replay": real.state_dict(), "collector": collector.state_dict()} if collector else {}
-                online["dynamics"] = model.state_dict() if collector else None
+                online = {"replay": real, "collector": collector, "dynamics": model} if collector else {}
                 extra = {
                     "history": history,
                     "clock": clock.state_dict(),
                     "log_alpha_prime": log_alpha_prime.detach().cpu(),
-                } | online
-                save_checkpoint(checkpoint_path, step, trained, extra)
+                }
+                save_checkpoint(checkpoint_path, step, trained, extra | {k: v.state_dict() for k, v in online.items()})
 
     writer.close()
     print(final_summary(run_dir))
@@ -1544,11 +1525,8 @@ def train_dynamics(
 def refit_dynamics(
     model: EnsembleDynamics,
     rows: tuple[torch.Tensor, ...],
-    batch_size: int = 256,
-    lr: float = 1e-3,
+    settings: dict,
     max_batches: int = 1000,
-    holdout_size: int = 1000,
-    patience: int = 5,
     check_every: int = 100,
     obs_margin: float = 0.1,
 ) -> dict:
@@ -1563,8 +1541,10 @@ def refit_dynamics(
     chosen anew. The input standardisation stays the offline fit's (the warm-started weights were learned in its
     units); the bounds on imagined observations and rewards widen to the buffer's range. A fresh Adam each time, and
     the caller's RNG (a resumed run refits as an uninterrupted one). Nothing is written: the cached ensemble file of
-    the offline phase stays as it was, and the refitted one lives in the run's checkpoint.
+    the offline phase stays as it was, and the refitted one lives in the run's checkpoint. `settings`: those of
+    dynamics_settings (batch_size, lr, holdout_size, patience are used).
     """
+    batch_size, lr, holdout_size, patience = (settings[k] for k in ("batch_size", "lr", "holdout_size", "patience"))
     obs, actions, rewards, next_obs, _ = rows
     targets = torch.cat([next_obs - obs, rewards[:, None]], -1)
     n, device, E = len(targets), targets.device, model.members

@@ -63,13 +63,14 @@ def test_refit_learns_new_data_within_its_batch_cap_and_leaves_the_cache_file(tm
     before = holdout_error(model, unseen)
     calls, loss = [], model.loss
     model.loss = lambda *a: calls.append(1) or loss(*a)
-    fit = mopo.refit_dynamics(model, new, batch_size=64, max_batches=150, holdout_size=300, patience=5, check_every=50)
+    settings = {"batch_size": 64, "lr": 1e-3, "holdout_size": 300, "patience": 5}
+    fit = mopo.refit_dynamics(model, new, settings, max_batches=150, check_every=50)
     assert fit["batches"] == len(calls) <= 150
     assert (fit["holdout_mse"] <= fit["holdout_before"]).all()
     assert holdout_error(model, unseen) < 0.5 * before, (before, holdout_error(model, unseen))
     assert sorted(fit["elites"].tolist()) == sorted(torch.argsort(fit["holdout_mse"])[:2].tolist())
     assert model.reward_range[1] >= new[2].max()  # imagined rewards may reach the new data's
-    few = mopo.refit_dynamics(model, new, batch_size=64, max_batches=7, check_every=3)
+    few = mopo.refit_dynamics(model, new, settings, max_batches=7, check_every=3)
     assert few["batches"] == 7
     assert (hashlib.sha1(open(cache_file, "rb").read()).hexdigest(), os.stat(cache_file).st_mtime_ns) == cached
 
