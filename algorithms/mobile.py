@@ -376,7 +376,7 @@ def main():
         if step > args.num_updates:  # online: one environment step with the stochastic policy, one update
             if collector is None:
                 real, collector = online_replay(data, args), OnlineCollector(data.make_env, args.seed)
-                agent.actor_opt.param_groups[0]["lr"] = args.actor_lr
+                agent.actor_opt.param_groups[0]["lr"] = args.actor_lr  # base value online: a finished cosine leaves 0
             real.add(*as_rows(collector.step(lambda o: act(o, deterministic=False), step), device, 0.0, 1.0))
             if (step - args.num_updates) % args.online_model_every == 0:
                 with clock.paused():

@@ -420,9 +420,8 @@ def add_to_results(run_dir: str, history: list, **extra) -> None:
 
 def online_replay(data, args: Args) -> "ReplayBuffer":
     """MOReL online (--online-steps), Lu et al. 2022's rule: real buffer = the dataset (all, or --online-keep of it) +
-    every online transition; per step one environment step and one offline update, real rows and rollout starts from
-    it. After each refit (refit_dynamics) USAD's threshold is recomputed by MOReL's rule on the real buffer (an absolute
-    --ood-threshold stays): a refit changes the disagreement's scale. HALT keeps the data's value; actor lr its base."""
+    the online data; per step one environment step, one offline update. After each refit USAD's threshold is MOReL's
+    rule on the real buffer (not an absolute --ood-threshold): a refit rescales disagreement. HALT: the data's value."""
     rows = dataset_rows(data, args.online_keep, args.seed)
     replay = ReplayBuffer(len(rows[2]) + args.online_steps, rows[0].shape[1], rows[1].shape[1], rows[2].device)
     replay.add(*rows)
@@ -530,7 +529,7 @@ def main():
         if step > args.num_updates:  # online: one environment step with the stochastic policy, one update
             if collector is None:
                 real, collector = online_replay(data, args), OnlineCollector(data.make_env, args.seed)
-                agent.actor_opt.param_groups[0]["lr"] = args.actor_lr
+                agent.actor_opt.param_groups[0]["lr"] = args.actor_lr  # base value online: a finished cosine leaves 0
             real.add(*as_rows(collector.step(lambda o: act(o, deterministic=False), step), device, 0.0, 1.0))
             if (step - args.num_updates) % args.online_model_every == 0:
                 with clock.paused():
