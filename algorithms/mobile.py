@@ -29,6 +29,9 @@ and capped at 1, 50,000 rollouts every 1000 updates, the last 5 batches kept; h 
 in benchmarks/configs/mobile/. Divergence is never silent (mopo.py's check, SAC.check_values, with the
 penalised rewards in the range the critic is trained on).
 
+`--online-steps N` fine-tunes online after the offline phase (Lu et al. 2022's model-based rule, online_replay's
+docstring); `--from-run RUN_DIR` starts it from a saved offline run.
+
 Example:
     python algorithms/mobile.py --dataset shipped/pendulum-medium-replay --num-updates 10000
 
@@ -47,6 +50,8 @@ Logged (tensorboard, in the run directory):
     eval/return                 mean return of the evaluation episodes
     eval/normalized_score       their mean D4RL normalised score
     charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
+    dynamics/refit_holdout_mse  online (--online-steps): the ensemble's mean holdout MSE after each refit
+    online/train_episode_return online: the return of each training episode (the stochastic policy)
 """
 
 import contextlib

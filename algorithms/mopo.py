@@ -32,6 +32,9 @@ finite, the run stops with one line, its last checkpoint kept and results.json s
 (`--no-stop-on-divergence` only logs it).
 `--critic-layer-norm` (LayerNorm in the critics) is the remedy measured in the README.
 
+`--online-steps N` fine-tunes online after the offline phase (Lu et al. 2022's model-based rule, online_replay's
+docstring); `--from-run RUN_DIR` starts it from a saved offline run.
+
 Example:
     python algorithms/mopo.py --dataset shipped/hopper-medium-replay --num-updates 50000
 
@@ -50,6 +53,8 @@ Logged (tensorboard, in the run directory):
     eval/return                 mean return of the evaluation episodes
     eval/normalized_score       their mean D4RL normalised score
     charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
+    dynamics/refit_holdout_mse  online (--online-steps): the ensemble's mean holdout MSE after each refit
+    online/train_episode_return online: the return of each training episode (the stochastic policy)
 """
 
 import contextlib

@@ -54,6 +54,9 @@ Divergence is never silent, as in mopo.py: at every log step the mean Q on the r
 of the minibatch is checked against the values a policy can reach (SAC.check_values), and the run stops
 with one line when it leaves them.
 
+`--online-steps N` fine-tunes online after the offline phase (Lu et al. 2022's model-based rule, online_replay's
+docstring); `--from-run RUN_DIR` starts it from a saved offline run.
+
 Example:
     python algorithms/rambo.py --dataset shipped/pendulum-medium-replay --num-updates 10000 \\
         --rollout-batch-size 5000 --dynamics-max-epochs 50 --bc-updates 1000
@@ -77,6 +80,8 @@ Logged (tensorboard, in the run directory):
     eval/return                 mean return of the evaluation episodes
     eval/normalized_score       their mean D4RL normalised score
     charts/updates_per_second   SAC updates per second of training (rollouts and adversary steps included;
+    dynamics/refit_holdout_mse  online (--online-steps): the ensemble's mean holdout MSE after each refit
+    online/train_episode_return online: the return of each training episode (the stochastic policy)
                                 dynamics fit, BC and evaluation not)
 """
 
