@@ -1542,7 +1542,9 @@ def refit_dynamics(
     dynamics_settings (batch_size, lr, holdout_size, patience are used).
     """
     batch_size, lr, holdout_size, patience = (settings[k] for k in ("batch_size", "lr", "holdout_size", "patience"))
-    obs, actions, rewards, next_obs, _ = rows
+    obs, actions, rewards, next_obs, terminals = rows
+    stand_in = (terminals > 0) & (next_obs == obs).all(-1)  # the dataset block's stand-in for an unknown s' (not fit)
+    obs, actions, rewards, next_obs = (x[~stand_in] for x in (obs, actions, rewards, next_obs))
     targets = torch.cat([next_obs - obs, rewards[:, None]], -1)
     n, device, E = len(targets), targets.device, model.members
     perm = torch.randperm(n, device=device)

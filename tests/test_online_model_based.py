@@ -86,6 +86,11 @@ def test_refit_learns_new_data_within_its_batch_cap_and_leaves_the_cache_file(tm
     assert model.reward_range[1] >= new[2].max()  # imagined rewards may reach the new data's
     few = mopo.refit_dynamics(model, new, settings, max_batches=7, check_every=3)
     assert few["batches"] == 7
+    # the dataset block's stand-in rows (terminal, s' = s, no real successor) are left out of the fit
+    obs, actions, rewards, next_obs, terminals = (x.clone() for x in new)
+    terminals[:100], next_obs[:100], rewards[:100] = 1.0, obs[:100], 1e3
+    mopo.refit_dynamics(model, (obs, actions, rewards, next_obs, terminals), settings, max_batches=7)
+    assert model.reward_range[1] < 1e3
     assert (hashlib.sha1(open(cache_file, "rb").read()).hexdigest(), os.stat(cache_file).st_mtime_ns) == cached
 
 
