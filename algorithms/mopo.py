@@ -32,6 +32,9 @@ finite, the run stops with one line, its last checkpoint kept and results.json s
 (`--no-stop-on-divergence` only logs it).
 `--critic-layer-norm` (LayerNorm in the critics) is the remedy measured in the README.
 
+`--online-steps N` fine-tunes online after the offline phase (Lu et al. 2022's model-based rule, online_replay's
+docstring); `--from-run RUN_DIR` starts it from a saved offline run.
+
 Example:
     python algorithms/mopo.py --dataset shipped/hopper-medium-replay --num-updates 50000
 
@@ -50,6 +53,8 @@ Logged (tensorboard, in the run directory):
     eval/return                 mean return of the evaluation episodes
     eval/normalized_score       their mean D4RL normalised score
     charts/updates_per_second   SAC updates per second of training (rollouts included; dynamics fit and evaluation not)
+    dynamics/refit_holdout_mse  online (--online-steps): the ensemble's mean holdout MSE after each refit
+    online/train_episode_return online: the return of each training episode (the stochastic policy)
 """
 
 import contextlib
@@ -59,6 +64,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import sys
@@ -187,6 +193,16 @@ class Args:
     """also log to Weights & Biases (needs wandb)"""
     config: Optional[str] = None
     """YAML file whose keys override these defaults (the command line still wins)"""
+    online_steps: int = 0
+    """environment steps of online fine-tuning after the offline updates, one update each (0: offline only)"""
+    from_run: Optional[str] = None
+    """run directory of an offline run of this script: its final agent starts the online phase (no offline updates)"""
+    online_keep: int = 0
+    """dataset transitions kept in the online real buffer, drawn at random (0: all; Lu et al. keep 50,000)"""
+    online_model_every: int = 1000
+    """online steps between refits of the dynamics ensemble on the real buffer (Lu et al.: 1000)"""
+    online_model_batches: int = 1000
+    """most gradient batches of one refit (Lu et al.: 1000; holdout early stopping may end it sooner)"""
 
 
 # Ranges of this method's own settings, checked with the general rules of the config block
@@ -252,6 +268,19 @@ def rollout(
     return (obs, actions, rewards, next_obs, terminals), stats
 
 
+def online_replay(data, args: Args) -> "ReplayBuffer":
+    """MOPO online (--online-steps), Lu et al. 2022's model-based fine-tuning: the real buffer is the dataset (all of
+    it, or --online-keep transitions drawn at random) plus every online transition; one environment step with the
+    stochastic policy and one update per step, the offline update unchanged: 5 % of each batch from the real buffer,
+    the rest from penalised model rollouts (Eq. 5, the same λ) started from real-buffer states. The ensemble is
+    refitted on the real buffer every --online-model-every steps (refit_dynamics) and the penalty follows it. The
+    actor's learning rate is its base value online (a cosine that ended at the switch would leave it at 0)."""
+    rows = dataset_rows(data, args.online_keep, args.seed)
+    replay = ReplayBuffer(len(rows[2]) + args.online_steps, rows[0].shape[1], rows[1].shape[1], rows[2].device)
+    replay.add(*rows)
+    return replay
+
+
 def main():
     args = parse_args(Args, LIMITS)
     if args.uncertainty not in ("aleatoric", "epistemic", "pairwise"):
@@ -300,54 +329,82 @@ def main():
     update = torch.compile(agent.update) if args.compile else agent.update
 
     @torch.no_grad()
-    def act(obs: np.ndarray) -> np.ndarray:
-        return (
-            agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic=True)[0].cpu().numpy()
-        )
+    def act(obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        return agent.actor(obs, deterministic=deterministic)[0].cpu().numpy()
 
     run_dir = make_run_dir(args, args.dataset)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     trained = {"agent": agent, **agent.optimizers(), "model_buffer": model_buffer}
-    step, history, clock_state = 0, [], None
+    step, history, clock_state, extra = 0, [], None, {}
     if args.resume:
         step, extra = load_checkpoint(checkpoint_path, trained)
         history, clock_state = extra["history"], extra.get("clock")
+    elif args.from_run:  # the online phase starts where that offline run ended
+        step, extra = load_offline_run(args.from_run, args.dataset, trained)
+        history, args.num_updates = extra["history"], step
+    if extra.get("dynamics"):  # refitted online: not the cached offline ensemble
+        model.load_state_dict(extra["dynamics"])
     writer = make_writer(args, run_dir, step)
 
-    bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
+    total, real, collector = args.num_updates + args.online_steps, data, None  # real: the dataset, then online_replay's
+    if extra.get("collector"):
+        real, collector = online_replay(data, args), OnlineCollector(data.make_env, args.seed)
+        real.load_state_dict(extra["replay"])
+        collector.load_state_dict(extra["collector"])
+
+    def real_rows() -> tuple[torch.Tensor, ...]:  # the dataset offline, the real buffer online
+        return tuple(v[: real.size] for v in real.data.values()) if collector else dataset_rows(data)
+
+    bar = tqdm(range(step + 1, total + 1), desc=SCRIPT_NAME, mininterval=2)
     clock, rollout_stats = TrainClock(clock_state), {}  # a run resumed between rollouts logs none until the next
     for step in bar:
+        if step > args.num_updates:  # online: one environment step with the stochastic policy, one update
+            if collector is None:
+                real, collector = online_replay(data, args), OnlineCollector(data.make_env, args.seed)
+                agent.actor_opt.param_groups[0]["lr"] = args.actor_lr  # base value online: a finished cosine leaves 0
+            real.add(*as_rows(collector.step(lambda o: act(o, deterministic=False), step), device, 0.0, 1.0))
+            if (step - args.num_updates) % args.online_model_every == 0:
+                with clock.paused():
+                    fit = refit_dynamics(model, real_rows(), dynamics_settings(args), args.online_model_batches)
+                log_scalars(writer, {"dynamics/refit_holdout_mse": fit["holdout_mse"].mean()}, step)
         if (step - 1) % args.rollout_every == 0:
-            start = data.observations[torch.randint(0, len(data.rewards), (args.rollout_batch_size,), device=device)]
+            start = real_rows()[0][torch.randint(0, len(real_rows()[0]), (args.rollout_batch_size,), device=device)]
             batch, rollout_stats = rollout(
                 model, agent.actor, start, args.rollout_length, done_fn, args.penalty_coef, args.uncertainty
             )
             model_buffer.add(*batch)
-        real, imagined = data.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
-        logs = update(*(torch.cat([r, m]) for r, m in zip(real, imagined)))
-        agent.actor_schedule.step()
+        real_part, imagined = real.sample(real_batch), model_buffer.sample(args.batch_size - real_batch)
+        logs = update(*(torch.cat([r, m]) for r, m in zip(real_part, imagined)))
+        if collector is None:
+            agent.actor_schedule.step()
         clock.tick()
 
         if step % args.log_every == 0:
-            reward_low = torch.minimum(data.rewards.min(), model_buffer.data["rewards"][: model_buffer.size].min())
+            real_rewards = real_rows()[2]
+            reward_low = torch.minimum(real_rewards.min(), model_buffer.data["rewards"][: model_buffer.size].min())
             values, problem = agent.check_values(
-                {"real": real[:2], "model": imagined[:2]},
+                {"real": real_part[:2], "model": imagined[:2]},
                 reward_low.item(),
-                data.rewards.max().item(),
+                real_rewards.max().item(),
                 logs["charts/entropy"].item(),
             )
             log_scalars(writer, logs | rollout_stats | values, step)
             if problem and args.stop_on_divergence:
                 stop_run(run_dir, writer, problem)
-        if step % args.eval_every == 0 or step == args.num_updates:
+        if step % args.eval_every == 0 or step in (args.num_updates, total):
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
                 bar.set_postfix(
                     score=record_evaluation(run_dir, writer, history, step, returns, data, args.seed, clock)
                 )
-        if step % args.checkpoint_every == 0 or step == args.num_updates:
+                if collector is not None:
+                    record_online(run_dir, writer, history, collector, data, args.num_updates)
+        if step % args.checkpoint_every == 0 or step in (args.num_updates, total):
             with clock.paused():
-                save_checkpoint(checkpoint_path, step, trained, {"history": history, "clock": clock.state_dict()})
+                online = {"replay": real, "collector": collector, "dynamics": model} if collector else {}
+                extra = {"history": history, "clock": clock.state_dict()}
+                save_checkpoint(checkpoint_path, step, trained, extra | {k: v.state_dict() for k, v in online.items()})
 
     writer.close()
     print(final_summary(run_dir))
@@ -1352,6 +1409,77 @@ def train_dynamics(
     }
 
 
+def refit_dynamics(
+    model: EnsembleDynamics,
+    rows: tuple[torch.Tensor, ...],
+    settings: dict,
+    max_batches: int = 1000,
+    check_every: int = 100,
+    obs_margin: float = 0.1,
+) -> dict:
+    """Online fine-tuning: refit the ensemble on the real buffer `rows` (obs, actions, rewards, next_obs, terminals:
+    the dataset's kept transitions and every online one), as Lu et al. 2022 do every 1000 environment steps
+    (Mr-Pepe/offline-model-based-rl, benchmark/evaluation/finetuning.py: at most 1000 batches, patience 5).
+
+    Warm-started from the current weights; each member draws its own minibatches (with replacement) from the
+    training split, at most `max_batches` of them; every `check_every` batches the holdout MSE is measured, a member's
+    snapshot kept when it improves by more than 1 %, and the refit stops after `patience` checks with no improvement.
+    Every member ends at its best snapshot (never worse on the holdout than before the refit), and the elites are
+    chosen anew. The input standardisation stays the offline fit's (the warm-started weights were learned in its
+    units); the bounds on imagined observations and rewards widen to the buffer's range. A fresh Adam each time, and
+    the caller's RNG (a resumed run refits as an uninterrupted one). Nothing is written: the cached ensemble file of
+    the offline phase stays as it was, and the refitted one lives in the run's checkpoint. `settings`: those of
+    dynamics_settings (batch_size, lr, holdout_size, patience are used).
+    """
+    batch_size, lr, holdout_size, patience = (settings[k] for k in ("batch_size", "lr", "holdout_size", "patience"))
+    obs, actions, rewards, next_obs, terminals = rows
+    stand_in = (terminals > 0) & (next_obs == obs).all(-1)  # the dataset block's stand-in for an unknown s' (not fit)
+    obs, actions, rewards, next_obs = (x[~stand_in] for x in (obs, actions, rewards, next_obs))
+    targets = torch.cat([next_obs - obs, rewards[:, None]], -1)
+    n, device, E = len(targets), targets.device, model.members
+    perm = torch.randperm(n, device=device)
+    n_hold = min(holdout_size, n // 5)
+    hold, train = perm[:n_hold], perm[n_hold:]
+    span = obs.amax(0) - obs.amin(0)
+    with torch.no_grad():
+        model.obs_low.copy_(torch.minimum(model.obs_low, obs.amin(0) - obs_margin * span))
+        model.obs_high.copy_(torch.maximum(model.obs_high, obs.amax(0) + obs_margin * span))
+        model.reward_range.copy_(
+            torch.stack([model.reward_range[0].minimum(rewards.min()), model.reward_range[1].maximum(rewards.max())])
+        )
+    optimizer = torch.optim.Adam(model.optimizer_groups(), lr=lr, fused=True)
+    member_params = [p for layer in model.layers for p in (layer.weight, layer.bias)]
+
+    def holdout_mse() -> torch.Tensor:
+        with torch.no_grad():
+            mean, _ = model(obs[hold], actions[hold])
+            return ((mean - targets[hold]) ** 2).mean((1, 2))
+
+    best = before = holdout_mse()
+    snapshot = [p.detach().clone() for p in member_params]
+    batches, stale = 0, 0
+    while batches < max_batches and stale < patience:
+        for _ in range(min(check_every, max_batches - batches)):
+            idx = train[torch.randint(0, len(train), (E, batch_size), device=device)]  # [E, B]: each member its own
+            loss = model.loss(obs[idx], actions[idx], targets[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            batches += 1
+        mse = holdout_mse()
+        improved = (best - mse) / best > 0.01
+        stale = 0 if improved.any() else stale + 1
+        best = torch.where(improved, mse, best)
+        with torch.no_grad():
+            for p, s in zip(member_params, snapshot):
+                s[improved] = p.detach()[improved]
+    with torch.no_grad():
+        for p, s in zip(member_params, snapshot):
+            p.copy_(s)
+        model.elite_idx.copy_(torch.argsort(best)[: model.num_elites])
+    return {"batches": batches, "holdout_before": before, "holdout_mse": best, "elites": model.elite_idx.clone()}
+
+
 def dynamics_settings(args) -> dict:
     """The settings a trained ensemble depends on (with the data and the seed, its cache key): the
     Args fields named dynamics_*, less the two that say where it is stored. Options added after
@@ -1815,6 +1943,181 @@ class ReplayBuffer:
 
 
 # ---- end shared: replay_buffer ----
+
+
+# ---- shared: online ----
+# Online fine-tuning after the offline phase (--online-steps): the environment the agent now acts in, its
+# training episodes (the train regret beside the deterministic evaluations), and the start from a saved
+# offline run (--from-run). Which replay the agent learns from, and with which rule, is the method's own.
+class OnlineCollector:
+    """One environment stepped with the agent's exploration policy, one transition per call.
+
+    One environment, not a vector of them: every paper's fine-tuning makes one update per environment step,
+    and an update costs far more than a step of these environments, so more environments per update would
+    only change the update-to-data ratio. The environment's whole state goes into the checkpoint, so a
+    resumed online phase continues the episode it was in and ends with the numbers of an uninterrupted run.
+    """
+
+    def __init__(self, make_env: Callable[[], gym.Env], seed: int):
+        self.env = make_env()
+        self.obs, _ = self.env.reset(seed=seed)
+        self.env.action_space.seed(seed)
+        self.episode_return, self.episodes = 0.0, []  # finished training episodes: (step, return)
+        self.logged = 0  # how many of them tensorboard has
+
+    def step(self, policy: Callable[[np.ndarray], np.ndarray], step: int) -> tuple[np.ndarray, ...]:
+        """Act once with `policy` (a batch of one raw observation -> a batch of one action); returns the
+        transition as arrays of one row (obs, action, reward, next_obs, terminal), raw as the environment gives it."""
+        obs = self.obs
+        action = policy(obs[None])[0]
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.episode_return += float(reward)
+        if terminated or truncated:  # a time-limit cut is no terminal: its target still bootstraps
+            self.episodes.append((step, self.episode_return))
+            self.obs, _ = self.env.reset()
+            self.episode_return = 0.0
+        else:
+            self.obs = next_obs
+        return obs[None], action[None], np.array([reward]), next_obs[None], np.array([float(terminated)])
+
+    def state_dict(self) -> dict:
+        env, steps = self.env, {}
+        while isinstance(env, gym.Wrapper):  # TimeLimit's step count, kept by wrapper type
+            if hasattr(env, "_elapsed_steps"):
+                steps[type(env).__name__] = env._elapsed_steps
+            env = env.env
+        raw, physics = self.env.unwrapped, None
+        if hasattr(raw, "set_state") and hasattr(raw, "model"):  # a MuJoCo environment pickles as its constructor
+            import mujoco
+
+            physics = np.empty(mujoco.mj_stateSize(raw.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+            mujoco.mj_getState(raw.model, raw.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        return {
+            "env": pickle.dumps(self.env),
+            "mujoco": physics,  # time, qpos, qvel, warm start: all that the next step depends on
+            "elapsed": steps,
+            "rng": raw.np_random.bit_generator.state,
+            "obs": self.obs,
+            "episode_return": self.episode_return,
+            "episodes": self.episodes,
+            "logged": self.logged,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.env.close()
+        self.env = pickle.loads(state["env"])
+        if state["mujoco"] is not None:
+            import mujoco
+
+            self.env.reset()
+            raw = self.env.unwrapped
+            mujoco.mj_setState(raw.model, raw.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(raw.model, raw.data)
+        env = self.env
+        while isinstance(env, gym.Wrapper):
+            if type(env).__name__ in state["elapsed"]:
+                env._elapsed_steps = state["elapsed"][type(env).__name__]
+            env = env.env
+        self.env.unwrapped.np_random.bit_generator.state = state["rng"]
+        self.obs, self.episode_return, self.episodes = state["obs"], state["episode_return"], state["episodes"]
+        self.logged = state["logged"]
+
+
+def dataset_rows(data: OfflineData, keep: int = 0, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """The dataset's transitions (obs, action, reward, next_obs, terminal) to put into an online replay: all of them
+    (keep 0), or `keep` drawn uniformly without replacement (seeded)."""
+    rows = (data.observations, data.actions, data.rewards, data.next_observations, data.terminals)
+    if keep <= 0 or keep >= len(data.rewards):
+        return rows
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.rewards), generator=generator)[:keep].to(data.rewards.device)
+    return tuple(r[idx] for r in rows)
+
+
+def as_rows(
+    transition: tuple[np.ndarray, ...], device: torch.device, obs_mean, obs_std, reward_affine=(1.0, 0.0)
+) -> tuple[torch.Tensor, ...]:
+    """An environment transition as float tensors on the device, observations standardised as the data's and the
+    reward scaled as the data's (reward_affine: (scale, shift), see online_reward_affine)."""
+    obs, action, reward, next_obs, terminal = (
+        torch.as_tensor(x, dtype=torch.float32, device=device) for x in transition
+    )
+    reward = reward * reward_affine[0] + reward_affine[1]
+    return (obs - obs_mean) / obs_std, action, reward, (next_obs - obs_mean) / obs_std, terminal
+
+
+def online_reward_affine(rule: str, data: OfflineData) -> tuple[float, float]:
+    """The data's reward scaling (a rule that scale_rewards applied, "auto" resolved) as r * scale + shift, for the
+    rewards of the online phase: return_range 1000 / (max - min episode return of the data), minus_one r - 1."""
+    if rule == "return_range":
+        return 1000.0 / float(np.max(data.episode_returns) - np.min(data.episode_returns)), 0.0
+    return (1.0, -1.0) if rule == "minus_one" else (1.0, 0.0)
+
+
+def record_online(
+    run_dir: str,
+    writer: SummaryWriter,
+    history: list,
+    collector: OnlineCollector,
+    data: OfflineData,
+    offline_steps: int,
+) -> None:
+    """Add the online phase to results.json after an evaluation that record_evaluation wrote: the phase of every
+    evaluation, the training episodes' returns (the train regret: what the agent earned while it learned), and the
+    offline start, the online end and the dip (the lowest online evaluation below the offline start)."""
+    for step, episode_return in collector.episodes[collector.logged :]:
+        writer.add_scalar("online/train_episode_return", episode_return, step)
+    collector.logged = len(collector.episodes)
+    scored = data.ref_min_score is not None
+    score = lambda r: float(normalized_score(r, data.ref_min_score, data.ref_max_score)) if scored else float(r)
+    for h in history:
+        h["phase"] = "offline" if h["step"] <= offline_steps else "online"
+    offline = [h for h in history if h["phase"] == "offline"]
+    online = [h for h in history if h["phase"] == "online"]
+    key = "normalized_score" if scored else "return"
+    start = offline[-1][key] if offline else None
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
+    episodes = [{"step": s, "return": r, key: score(r)} for s, r in collector.episodes]
+    results["evaluations"] = history
+    results["online"] = {
+        "offline_steps": offline_steps,
+        "offline_score": start,
+        "online_score": online[-1][key] if online else None,
+        "dip": max(0.0, start - min(h[key] for h in online)) if online and start is not None else None,
+        "train_episodes": episodes,
+        "train_score": float(np.mean([e[key] for e in episodes])) if episodes else None,
+    }
+    write_results(run_dir, results)
+
+
+def load_offline_run(run_dir: str, dataset: str, objects: dict) -> tuple[int, dict]:
+    """--from-run: the final checkpoint of an offline run of this script on the same dataset, loaded into
+    `objects`; returns its step (where the online phase starts) and its extra state (evaluation history, ...)."""
+    config = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config):
+        sys.exit(f"error: --from-run: {run_dir!r} has no config.yaml; pass the run directory of an offline run")
+    with open(config) as f:
+        saved = yaml.safe_load(f) or {}
+    if saved.get("dataset") != dataset:
+        sys.exit(
+            f"error: --from-run: that run learned from {saved.get('dataset')!r}, not {dataset!r}; pass its dataset"
+        )
+    if saved.get("online_steps"):
+        sys.exit("error: --from-run: that run already has an online phase; pass an offline run (or --resume it)")
+    try:
+        state = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
+        for k, v in objects.items():
+            v.load_state_dict(state["objects"][k])
+    except Exception as e:  # missing, truncated, of another script or of other network sizes
+        reason = " ".join(str(e).split())[:200]
+        sys.exit(
+            f"error: --from-run: cannot load {run_dir}/checkpoint.pt ({reason}); pass an offline run of this script"
+        )
+    return state["step"], state["extra"]
+
+
+# ---- end shared: online ----
 
 
 if __name__ == "__main__":

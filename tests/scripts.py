@@ -42,6 +42,9 @@ TINY = {
     # bred: short online epochs, so that tests/test_online.py's online phase (--online-steps) updates
     "epoch_steps": 20,
     "first_epoch_multiplier": 2,
+    # model-based online fine-tuning: refits of the ensemble inside test_online.py's 210 online steps
+    "online_model_every": 100,
+    "online_model_batches": 20,
 }
 # tiny values for one script only, where the field's name is shared with scripts that keep their own
 TINY_PER_SCRIPT = {

@@ -114,7 +114,11 @@ def test_online_smoke(name, tmp_path):
     training episodes' returns and the dip in results.json."""
     argv = [os.path.join(ROOT, "algorithms", name + ".py"), *tiny_args(name, runs_dir=str(tmp_path))]
     result = subprocess.run(
-        [sys.executable, *argv, "--online-steps", "210"], capture_output=True, text=True, env=ENV, timeout=300
+        [sys.executable, *argv, "--online-steps", "210", "--eval-every", "100"],  # fewer evaluations: 25 % faster
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = glob.glob(str(tmp_path / f"{name}__*"))
