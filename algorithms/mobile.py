@@ -2125,7 +2125,11 @@ def load_offline_run(run_dir: str, dataset: str, objects: dict) -> tuple[int, di
     try:
         state = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
         for k, v in objects.items():
+            # an optimizer keeps its moments but takes this run's learning rates (a state dict carries the old ones)
+            rates = [g["lr"] for g in v.param_groups] if isinstance(v, torch.optim.Optimizer) else []
             v.load_state_dict(state["objects"][k])
+            for group, lr in zip(v.param_groups if rates else [], rates):
+                group["lr"] = lr
     except Exception as e:  # missing, truncated, of another script or of other network sizes
         reason = " ".join(str(e).split())[:200]
         sys.exit(
