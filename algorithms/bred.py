@@ -412,17 +412,10 @@ def main():
                     record_online(run_dir, writer, history, collector, data, args.num_updates)
         if step % args.checkpoint_every == 0 or step in (args.num_updates, total):
             with clock.paused():
+                parts = {"replay": replay, "online": online, "collector": collector}  # None before the switch
+                extra = {k: v.state_dict() if v is not None else None for k, v in parts.items()}
                 save_checkpoint(
-                    checkpoint_path,
-                    step,
-                    trained,
-                    {
-                        "history": history,
-                        "clock": clock.state_dict(),
-                        "replay": replay.state_dict() if replay is not None else None,
-                        "online": online.state_dict() if online is not None else None,
-                        "collector": collector.state_dict() if collector is not None else None,
-                    },
+                    checkpoint_path, step, trained, extra | {"history": history, "clock": clock.state_dict()}
                 )
 
     writer.close()
