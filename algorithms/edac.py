@@ -22,6 +22,9 @@ at its release (commit 7f62728, 2021-10-15), which summed over k = min(N, |A|) m
 random each update and divided by k - 1: --diversity-members k reproduces that (k = |A|: 3 on
 Hopper, 6 on HalfCheetah and Walker2d, all below the paper's N).
 
+`--online-steps N` fine-tunes online after the offline updates (SAC-N's rule, online_replay's docstring); `--from-run
+RUN_DIR` starts that phase from a saved offline run.
+
 Example:
     python algorithms/edac.py --dataset shipped/hopper-medium-replay --num-updates 50000
 
@@ -43,6 +46,7 @@ import copy
 import ctypes
 import json
 import os
+import pickle
 import random
 import re
 import sys
@@ -122,6 +126,10 @@ class Args:
     """also log to Weights & Biases (needs wandb)"""
     config: Optional[str] = None
     """YAML file whose keys override these defaults (the command line still wins)"""
+    online_steps: int = 0
+    """environment steps of online fine-tuning after the offline updates, one update each (0: offline only)"""
+    from_run: Optional[str] = None
+    """run directory of an offline run of this script: its final agent starts the online phase (no offline updates)"""
 
 
 # Ranges of this method's own settings, checked with the general rules of the config block
@@ -265,6 +273,17 @@ def alpha_loss_fn(log_alpha, logp, target_entropy: float):
     return -(log_alpha * (logp + target_entropy)).mean()
 
 
+def online_replay(data, capacity: int) -> "ReplayBuffer":
+    """EDAC online (--online-steps): the paper fine-tunes nothing, so the rule is SAC-N's and AWAC's: the whole dataset
+    stays in the replay, every online transition joins it, batches are drawn uniformly from both, and the update is
+    the offline one, unchanged (N critics, their minimum, the diversity term with the same η)."""
+    replay = ReplayBuffer(
+        len(data.rewards) + capacity, data.observations.shape[1], data.actions.shape[1], data.rewards.device
+    )
+    replay.add(*dataset_rows(data))
+    return replay
+
+
 def main():
     args = parse_args(Args, LIMITS)
     if args.num_critics < 2:
@@ -332,9 +351,9 @@ def main():
         update = torch.compile(update)
 
     @torch.no_grad()
-    def act(obs: np.ndarray) -> np.ndarray:
+    def act(obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         obs = (torch.as_tensor(obs, dtype=torch.float32, device=device) - obs_mean) / obs_std
-        return actor(obs, deterministic=True)[0].cpu().numpy()
+        return actor(obs, deterministic=deterministic)[0].cpu().numpy()
 
     run_dir = make_run_dir(args, args.dataset)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
@@ -346,29 +365,49 @@ def main():
         "critic_opt": critic_opt,
         "alpha_opt": alpha_opt,
     }
-    step, history, clock_state = 0, [], None
+    step, history, clock_state, extra = 0, [], None, {}
     if args.resume:
         step, extra = load_checkpoint(checkpoint_path, trained)
         history, clock_state = extra["history"], extra.get("clock")
+    elif args.from_run:  # the online phase starts where that offline run ended
+        step, extra = load_offline_run(args.from_run, args.dataset, trained)
+        history, args.num_updates = extra["history"], step
+    if extra:
         with torch.no_grad():
             log_alpha.copy_(extra["log_alpha"])
     writer = make_writer(args, run_dir, step)
 
-    bar = tqdm(range(step + 1, args.num_updates + 1), desc=SCRIPT_NAME, mininterval=2)
+    total = args.num_updates + args.online_steps
+    replay = collector = None  # the online phase's replay and environment, made at the switch
+    if extra.get("collector"):
+        replay, collector = online_replay(data, args.online_steps), OnlineCollector(data.make_env, args.seed)
+        replay.load_state_dict(extra["replay"])
+        collector.load_state_dict(extra["collector"])
+    bar = tqdm(range(step + 1, total + 1), desc=SCRIPT_NAME, mininterval=2)
     clock = TrainClock(clock_state)
     for step in bar:
-        logs = update(data.sample(args.batch_size))
+        if step > args.num_updates:  # online: one environment step with the stochastic policy, one update
+            if collector is None:
+                replay, collector = online_replay(data, args.online_steps), OnlineCollector(data.make_env, args.seed)
+            transition = collector.step(lambda o: act(o, deterministic=False), step)
+            replay.add(*as_rows(transition, device, obs_mean, obs_std))
+            batch = replay.sample(args.batch_size)
+        else:
+            batch = data.sample(args.batch_size)
+        logs = update(batch)
         clock.tick()
 
         if step % args.log_every == 0:
             log_scalars(writer, logs, step)
-        if step % args.eval_every == 0 or step == args.num_updates:
+        if step % args.eval_every == 0 or step in (args.num_updates, total):
             with clock.paused():
                 returns = evaluate(data.make_env, act, args.eval_episodes, seed=args.seed + step)
                 bar.set_postfix(
                     score=record_evaluation(run_dir, writer, history, step, returns, data, args.seed, clock)
                 )
-        if step % args.checkpoint_every == 0 or step == args.num_updates:
+                if collector is not None:
+                    record_online(run_dir, writer, history, collector, data, args.num_updates)
+        if step % args.checkpoint_every == 0 or step in (args.num_updates, total):
             with clock.paused():
                 save_checkpoint(
                     checkpoint_path,
@@ -380,6 +419,8 @@ def main():
                         "log_alpha": log_alpha.detach().cpu(),
                         "obs_mean": obs_mean.cpu(),
                         "obs_std": obs_std.cpu(),
+                        "replay": replay.state_dict() if replay is not None else None,
+                        "collector": collector.state_dict() if collector is not None else None,
                     },
                 )
 
@@ -1237,6 +1278,232 @@ class EnsembleLinear(nn.Module):
 
 
 # ---- end shared: ensemble_linear ----
+
+
+# ---- shared: replay_buffer ----
+class ReplayBuffer:
+    """A ring buffer of transitions kept as tensors on the device (model rollouts, online data)."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.size, self.pos = capacity, 0, 0
+        self.data = {
+            "observations": torch.zeros(capacity, obs_dim, device=device),
+            "actions": torch.zeros(capacity, act_dim, device=device),
+            "rewards": torch.zeros(capacity, device=device),
+            "next_observations": torch.zeros(capacity, obs_dim, device=device),
+            "terminals": torch.zeros(capacity, device=device),
+        }
+
+    def add(self, observations, actions, rewards, next_observations, terminals) -> None:
+        """Append a batch; the oldest transitions are overwritten when full."""
+        n = min(len(rewards), self.capacity)
+        idx = (self.pos + torch.arange(n, device=rewards.device)) % self.capacity
+        for key, value in zip(self.data, (observations, actions, rewards, next_observations, terminals)):
+            self.data[key][idx] = value[-n:].to(self.data[key].dtype)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
+        return tuple(v[idx] for v in self.data.values())
+
+    def state_dict(self) -> dict:
+        rows = {k: v[: self.size].cpu() for k, v in self.data.items()}
+        return {"size": self.size, "pos": self.pos, "capacity": self.capacity, **rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Also into a buffer of another capacity (a resume that lengthens the run): the newest rows are kept, oldest
+        first, and the next row goes after them."""
+        self.size, self.pos = state["size"], state["pos"]
+        resized = state.get("capacity", self.capacity) != self.capacity
+        for key, value in self.data.items():
+            rows = state[key].roll(-self.pos, 0)[-self.capacity :] if resized else state[key]
+            value[: len(rows)] = rows.to(value.device)
+        if resized:
+            self.size = min(self.size, self.capacity)
+            self.pos = self.size % self.capacity
+
+
+# ---- end shared: replay_buffer ----
+
+
+# ---- shared: online ----
+# Online fine-tuning after the offline phase (--online-steps): the environment the agent now acts in, its
+# training episodes (the train regret beside the deterministic evaluations), and the start from a saved
+# offline run (--from-run). Which replay the agent learns from, and with which rule, is the method's own.
+class OnlineCollector:
+    """One environment stepped with the agent's exploration policy, one transition per call.
+
+    One environment, not a vector of them: every paper's fine-tuning makes one update per environment step,
+    and an update costs far more than a step of these environments, so more environments per update would
+    only change the update-to-data ratio. The environment's whole state goes into the checkpoint, so a
+    resumed online phase continues the episode it was in and ends with the numbers of an uninterrupted run.
+    """
+
+    def __init__(self, make_env: Callable[[], gym.Env], seed: int):
+        self.env = make_env()
+        self.obs, _ = self.env.reset(seed=seed)
+        self.env.action_space.seed(seed)
+        self.episode_return, self.episodes = 0.0, []  # finished training episodes: (step, return)
+        self.logged = 0  # how many of them tensorboard has
+
+    def step(self, policy: Callable[[np.ndarray], np.ndarray], step: int) -> tuple[np.ndarray, ...]:
+        """Act once with `policy` (a batch of one raw observation -> a batch of one action); returns the
+        transition as arrays of one row (obs, action, reward, next_obs, terminal), raw as the environment gives it."""
+        obs = self.obs
+        action = policy(obs[None])[0]
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.episode_return += float(reward)
+        if terminated or truncated:  # a time-limit cut is no terminal: its target still bootstraps
+            self.episodes.append((step, self.episode_return))
+            self.obs, _ = self.env.reset()
+            self.episode_return = 0.0
+        else:
+            self.obs = next_obs
+        return obs[None], action[None], np.array([reward]), next_obs[None], np.array([float(terminated)])
+
+    def state_dict(self) -> dict:
+        env, steps = self.env, {}
+        while isinstance(env, gym.Wrapper):  # TimeLimit's step count, kept by wrapper type
+            if hasattr(env, "_elapsed_steps"):
+                steps[type(env).__name__] = env._elapsed_steps
+            env = env.env
+        raw, physics = self.env.unwrapped, None
+        if hasattr(raw, "set_state") and hasattr(raw, "model"):  # a MuJoCo environment pickles as its constructor
+            import mujoco
+
+            physics = np.empty(mujoco.mj_stateSize(raw.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+            mujoco.mj_getState(raw.model, raw.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        return {
+            "env": pickle.dumps(self.env),
+            "mujoco": physics,  # time, qpos, qvel, warm start: all that the next step depends on
+            "elapsed": steps,
+            "rng": raw.np_random.bit_generator.state,
+            "obs": self.obs,
+            "episode_return": self.episode_return,
+            "episodes": self.episodes,
+            "logged": self.logged,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.env.close()
+        self.env = pickle.loads(state["env"])
+        if state["mujoco"] is not None:
+            import mujoco
+
+            self.env.reset()
+            raw = self.env.unwrapped
+            mujoco.mj_setState(raw.model, raw.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(raw.model, raw.data)
+        env = self.env
+        while isinstance(env, gym.Wrapper):
+            if type(env).__name__ in state["elapsed"]:
+                env._elapsed_steps = state["elapsed"][type(env).__name__]
+            env = env.env
+        self.env.unwrapped.np_random.bit_generator.state = state["rng"]
+        self.obs, self.episode_return, self.episodes = state["obs"], state["episode_return"], state["episodes"]
+        self.logged = state["logged"]
+
+
+def dataset_rows(data: OfflineData, keep: int = 0, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """The dataset's transitions (obs, action, reward, next_obs, terminal) to put into an online replay: all of them
+    (keep 0), or `keep` drawn uniformly without replacement (seeded)."""
+    rows = (data.observations, data.actions, data.rewards, data.next_observations, data.terminals)
+    if keep <= 0 or keep >= len(data.rewards):
+        return rows
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.rewards), generator=generator)[:keep].to(data.rewards.device)
+    return tuple(r[idx] for r in rows)
+
+
+def as_rows(
+    transition: tuple[np.ndarray, ...], device: torch.device, obs_mean, obs_std, reward_affine=(1.0, 0.0)
+) -> tuple[torch.Tensor, ...]:
+    """An environment transition as float tensors on the device, observations standardised as the data's and the
+    reward scaled as the data's (reward_affine: (scale, shift), see online_reward_affine)."""
+    obs, action, reward, next_obs, terminal = (
+        torch.as_tensor(x, dtype=torch.float32, device=device) for x in transition
+    )
+    reward = reward * reward_affine[0] + reward_affine[1]
+    return (obs - obs_mean) / obs_std, action, reward, (next_obs - obs_mean) / obs_std, terminal
+
+
+def online_reward_affine(rule: str, data: OfflineData) -> tuple[float, float]:
+    """The data's reward scaling (a rule that scale_rewards applied, "auto" resolved) as r * scale + shift, for the
+    rewards of the online phase: return_range 1000 / (max - min episode return of the data), minus_one r - 1."""
+    if rule == "return_range":
+        return 1000.0 / float(np.max(data.episode_returns) - np.min(data.episode_returns)), 0.0
+    return (1.0, -1.0) if rule == "minus_one" else (1.0, 0.0)
+
+
+def record_online(
+    run_dir: str,
+    writer: SummaryWriter,
+    history: list,
+    collector: OnlineCollector,
+    data: OfflineData,
+    offline_steps: int,
+) -> None:
+    """Add the online phase to results.json after an evaluation that record_evaluation wrote: the phase of every
+    evaluation, the training episodes' returns (the train regret: what the agent earned while it learned), and the
+    offline start, the online end and the dip (the lowest online evaluation below the offline start)."""
+    for step, episode_return in collector.episodes[collector.logged :]:
+        writer.add_scalar("online/train_episode_return", episode_return, step)
+    collector.logged = len(collector.episodes)
+    scored = data.ref_min_score is not None
+    score = lambda r: float(normalized_score(r, data.ref_min_score, data.ref_max_score)) if scored else float(r)
+    for h in history:
+        h["phase"] = "offline" if h["step"] <= offline_steps else "online"
+    offline = [h for h in history if h["phase"] == "offline"]
+    online = [h for h in history if h["phase"] == "online"]
+    key = "normalized_score" if scored else "return"
+    start = offline[-1][key] if offline else None
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
+    episodes = [{"step": s, "return": r, key: score(r)} for s, r in collector.episodes]
+    results["evaluations"] = history
+    results["online"] = {
+        "offline_steps": offline_steps,
+        "offline_score": start,
+        "online_score": online[-1][key] if online else None,
+        "dip": max(0.0, start - min(h[key] for h in online)) if online and start is not None else None,
+        "train_episodes": episodes,
+        "train_score": float(np.mean([e[key] for e in episodes])) if episodes else None,
+    }
+    write_results(run_dir, results)
+
+
+def load_offline_run(run_dir: str, dataset: str, objects: dict) -> tuple[int, dict]:
+    """--from-run: the final checkpoint of an offline run of this script on the same dataset, loaded into
+    `objects`; returns its step (where the online phase starts) and its extra state (evaluation history, ...)."""
+    config = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config):
+        sys.exit(f"error: --from-run: {run_dir!r} has no config.yaml; pass the run directory of an offline run")
+    with open(config) as f:
+        saved = yaml.safe_load(f) or {}
+    if saved.get("dataset") != dataset:
+        sys.exit(
+            f"error: --from-run: that run learned from {saved.get('dataset')!r}, not {dataset!r}; pass its dataset"
+        )
+    if saved.get("online_steps"):
+        sys.exit("error: --from-run: that run already has an online phase; pass an offline run (or --resume it)")
+    try:
+        state = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
+        for k, v in objects.items():
+            # an optimizer keeps its moments but takes this run's learning rates (a state dict carries the old ones)
+            rates = [g["lr"] for g in v.param_groups] if isinstance(v, torch.optim.Optimizer) else []
+            v.load_state_dict(state["objects"][k])
+            for group, lr in zip(v.param_groups if rates else [], rates):
+                group["lr"] = lr
+    except Exception as e:  # missing, truncated, of another script or of other network sizes
+        reason = " ".join(str(e).split())[:200]
+        sys.exit(
+            f"error: --from-run: cannot load {run_dir}/checkpoint.pt ({reason}); pass an offline run of this script"
+        )
+    return state["step"], state["extra"]
+
+
+# ---- end shared: online ----
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ the paper). The Bellman target and the actor both use the minimum over all N mem
 (Section 3). The N critics are one batched ensemble, evaluated in one pass. Observations
 are not normalised and there is no behaviour-cloning term, as in the paper.
 
+`--online-steps N` fine-tunes online after the offline updates (AWAC's rule, online_replay's docstring); `--from-run
+RUN_DIR` starts that phase from a saved offline run.
+
 Example:
     python algorithms/sac_n.py --dataset shipped/hopper-medium-replay --num-updates 50000
 
