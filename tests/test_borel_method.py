@@ -1,6 +1,7 @@
 """BOReL's method (algorithms/borel.py): the ELBO's terms by hand on tiny cases, the belief of the right step,
 reward relabelling, the hyper-states, the cut of a file into tasks x trials, and the trial evaluation."""
 
+import glob
 import math
 import os
 
@@ -279,3 +280,33 @@ def test_the_vae_is_trained_once_and_reused(tmp_path, capsys):
     assert first[1] == again[1] and all(torch.equal(first[0][k], again[0][k]) for k in first[0])
     assert not torch.equal(first[0]["mu.weight"], other[0]["mu.weight"])
     assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_gridworld_end_to_end(tmp_path):
+    """The script on the shipped gridworld, tiny: results.json holds every evaluation's return per inner episode (4)
+    and success rate; a second run reuses the cached VAE and ends with the same numbers as the run that trained it."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ALGORITHMS
+    from scripts import tiny_args
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+
+    def run():
+        argv = [sys.executable, os.path.join(ALGORITHMS, "borel.py"), *tiny_args("borel", runs_dir=str(tmp_path))]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (folder,) = set(glob.glob(str(tmp_path / "borel__*"))) - seen
+        seen.add(folder)
+        return json.load(open(os.path.join(folder, "results.json"))), done.stdout
+
+    seen = set()
+    first, out_first = run()
+    again, out_again = run()
+    assert "vae: trained" in out_first and "vae: reusing" in out_again
+    for evaluation in first["evaluations"]:
+        assert len(evaluation["episode_returns"]) == 4 and 0 <= evaluation["success_rate"] <= 1
+        assert sum(evaluation["episode_returns"]) == pytest.approx(evaluation["return"])
+    assert again["evaluations"] == first["evaluations"]
