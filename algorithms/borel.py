@@ -21,7 +21,7 @@ Evaluation runs whole trials online: the frozen encoder updates the belief after
 deterministic; each trial's return per inner episode (the first against the later ones shows exploration paying
 off), its total (eval/return, normalised with the file's per-trial references: random actions 0, an oracle that
 knows the goal 100) and whether the goal was reached (success). Gridworld: the 21 training goals in turn, from
-(0, 0); point robot: fresh goals each evaluation, from the origin, as the authors (fresh goals).
+(0, 0), as the authors; point robot: fresh goals at every evaluation, as the authors, from the origin.
 
 Choices where the authors' code has a quirk (../shared/reference/borel_bremen.md A.7): no hidden-state reset at
 goal states when relabelling states; the goal is not a terminal of the Bellman target (the environment keeps
