@@ -280,8 +280,9 @@ def reward_nll(decoded, rewards, kind):
 def elbo_loss(encoder, decoder, actions, next_obs, rewards, kl_weight=0.05, reward_weight=1.0, terms=0):
     """The negative ELBO of a batch of whole trials [T, B, ...]: one reparameterised z_t per belief decodes all T
     rewards; the mean over trials of reward_weight Σ_t reward term + kl_weight Σ_t KL(q_t || q_{t-1}). With `terms`
-    > 0 only that many beliefs, drawn at random, decode (their sum scaled by (T + 1) / terms, the same in
-    expectation; the authors' vae_batch_num_elbo_terms): the decoding of T + 1 x T pairs is most of a step."""
+    > 0 only that many beliefs, drawn at random, decode (the option the authors' code calls
+    vae_batch_num_elbo_terms, off in their configs; the sum is scaled by (T + 1) / terms here, the same in
+    expectation): the decoding of T + 1 x T pairs is most of a step."""
     mu, logvar, _ = encoder(actions, next_obs, rewards)
     z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
     scale = 1.0
