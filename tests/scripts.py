@@ -11,6 +11,10 @@ import os
 from conftest import ROOT, SHIPPED
 
 SMOKE_DATASET = os.path.join(SHIPPED, "pendulum-medium-replay.hdf5")
+# scripts that need another kind of data (BOReL: many tasks' trials) run on their own; their environments are this
+# project's custom_envs, which a script copied alone needs beside it (CUSTOM_ENVS)
+SMOKE_DATASETS = {"borel": os.path.join(SHIPPED, "borel-gridworld.hdf5")}
+CUSTOM_ENVS = os.path.join(ROOT, "algorithms", "custom_envs")
 # a tiny value for every budget-like field a script may have
 TINY = {
     "num_updates": 40,
@@ -50,6 +54,8 @@ TINY = {
 TINY_PER_SCRIPT = {
     "bremen": {"dynamics_hidden_dim": 32},
     "bred": {"online_steps": 0},  # offline only here (its default is 250,000): test_online.py runs its online phase
+    # borel: one VAE epoch, meta-batches of 4 tasks redrawn every 10 updates, trials of 2 tasks per evaluation
+    "borel": {"vae_epochs": 1, "meta_batch": 4, "updates_per_iteration": 10},
 }
 
 
@@ -66,8 +72,14 @@ def args_fields(name: str) -> set[str]:
     raise AssertionError(f"{name}.py has no Args dataclass")
 
 
-def tiny_args(name: str, dataset: str = SMOKE_DATASET, runs_dir: str = "runs") -> list[str]:
+def smoke_dataset(name: str) -> str:
+    """The dataset of a script's tiny runs."""
+    return SMOKE_DATASETS.get(name, SMOKE_DATASET)
+
+
+def tiny_args(name: str, dataset: str = "", runs_dir: str = "runs") -> list[str]:
     fields = args_fields(name)
+    dataset = dataset or smoke_dataset(name)
     argv = ["--runs-dir", runs_dir, "--device", "cpu"]
     if "dataset" in fields:
         argv += ["--dataset", dataset]

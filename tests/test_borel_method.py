@@ -1,6 +1,7 @@
-"""BOReL's method parts built so far (wip/borel_method.py): the ELBO's terms by hand on tiny cases, the belief of
-the right step, reward relabelling and the hyper-states."""
+"""BOReL's method (algorithms/borel.py): the ELBO's terms by hand on tiny cases, the belief of the right step,
+reward relabelling, the hyper-states, the cut of a file into tasks x trials, and the trial evaluation."""
 
+import glob
 import math
 import os
 
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, SHIPPED, load_script
+from conftest import SHIPPED, load_script
 from custom_envs import borel_gridworld, borel_point_robot
 
-borel = load_script(os.path.join(ROOT, "wip", "borel_method.py"))
+borel = load_script("borel")
 
 
 def test_kl_to_previous_by_hand():
@@ -212,3 +213,100 @@ def test_a_bad_meta_dataset_gives_one_line(damage, message):
     with pytest.raises(borel.MetaDatasetError, match=message) as error:
         borel.trials_by_task(arrays, attrs, "data.hdf5")
     assert "\n" not in str(error.value)
+
+
+class RecordingLearner:
+    """A policy that walks a fixed cycle of actions and keeps the hyper-states it was given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def act(self, obs):
+        self.seen.append(obs.clone())
+        return torch.full((obs.shape[0], 1), float(len(self.seen) % 3 + 1))
+
+
+def test_evaluation_gives_the_policy_the_belief_of_each_step():
+    """In an evaluation trial the policy sees [s_t, μ_t, log σ²_t] with the belief of the encoder over the trial's
+    first t steps (the hyper-states of state relabelling), across the inner episodes, and each inner episode's return
+    is the sum of its rewards."""
+    import gymnasium as gym
+
+    torch.manual_seed(0)
+    encoder = borel.BeliefEncoder(obs_dim=3, act_dim=1, hidden_dim=16, action_embed=0)
+    learner = RecordingLearner()
+    make_env = lambda: gym.make("custom_envs.borel_gridworld:BorelGridNavi-v0")  # noqa: E731
+    goals = [np.array([2.0, 1.0]), np.array([4.0, 4.0])]
+    result = borel.evaluate_trials(make_env, encoder, learner, goals, 7, False, torch.device("cpu"))
+    seen = torch.stack(learner.seen)  # [T, 2, 3 + 10]
+    assert seen.shape == (60, 2, 13)
+    columns = {"actions": [], "next_obs": [], "rewards": [], "obs": []}
+    for b, goal in enumerate(goals):  # the same trials again, by hand
+        env = make_env()
+        obs, _ = env.reset(seed=7 + b, options={"task": goal})
+        for t in range(60):
+            action = torch.tensor([(t + 1) % 3 + 1.0])  # the cycle RecordingLearner walked
+            next_obs, reward, _, _, info = env.step(int(action))
+            for key, value in zip(columns, (action, next_obs, reward, obs)):
+                columns[key].append(torch.as_tensor(np.asarray(value), dtype=torch.float32))
+            obs = info.get("start_state", next_obs)
+    trial = {key: torch.stack(v).view(2, 60, -1).transpose(0, 1) for key, v in columns.items()}
+    mu, logvar, _ = encoder(trial["actions"], trial["next_obs"], trial["rewards"][..., 0])
+    torch.testing.assert_close(seen[..., :3], trial["obs"])
+    torch.testing.assert_close(seen[..., 3:], torch.cat([mu[:-1], logvar[:-1]], -1))
+    by_episode = trial["rewards"][..., 0].T.reshape(2, 4, 15).sum(-1).double().numpy()
+    np.testing.assert_allclose(result["episode_returns"], by_episode, atol=1e-6)
+    assert result["success"].tolist() == (trial["rewards"][..., 0] == 1.0).any(0).tolist()
+
+
+def test_the_vae_is_trained_once_and_reused(tmp_path, capsys):
+    """A second run with the same data, settings and seed loads the cached VAE (same weights, no training); another
+    setting (--no-relabel) trains its own."""
+    arrays, attrs = shipped_arrays()
+    trials = borel.trials_by_task({k: v[: 4 * 6000] for k, v in arrays.items()}, attrs, "gridworld")
+    trials = {k: v[:, :16] if v.dim() > 2 else v for k, v in trials.items()}
+    args = borel.Args(vae_epochs=1, vae_cache_dir=str(tmp_path), encoder_hidden_dim=16)
+    segments = [(0, 15), (15, 30)]
+
+    def vae(relabel=True):
+        args.relabel = relabel
+        encoder = borel.BeliefEncoder(3, 1, 5, 16, 0, 32, 8)
+        decoder = borel.RewardDecoder(3, kind="cells")
+        log = borel.load_or_train_vae(encoder, decoder, trials, segments, borel.grid_reward, args, torch.device("cpu"))
+        return encoder.state_dict(), log, capsys.readouterr().out
+
+    first, again, other = vae(), vae(), vae(relabel=False)
+    assert "trained" in first[2] and "reusing" in again[2] and "trained" in other[2]
+    assert first[1] == again[1] and all(torch.equal(first[0][k], again[0][k]) for k in first[0])
+    assert not torch.equal(first[0]["mu.weight"], other[0]["mu.weight"])
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_gridworld_end_to_end(tmp_path):
+    """The script on the shipped gridworld, tiny: results.json holds every evaluation's return per inner episode (4)
+    and success rate; a second run reuses the cached VAE and ends with the same numbers as the run that trained it."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ALGORITHMS
+    from scripts import tiny_args
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+
+    def run():
+        argv = [sys.executable, os.path.join(ALGORITHMS, "borel.py"), *tiny_args("borel", runs_dir=str(tmp_path))]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (folder,) = set(glob.glob(str(tmp_path / "borel__*"))) - seen
+        seen.add(folder)
+        return json.load(open(os.path.join(folder, "results.json"))), done.stdout
+
+    seen = set()
+    first, out_first = run()
+    again, out_again = run()
+    assert "vae: trained" in out_first and "vae: reusing" in out_again
+    for evaluation in first["evaluations"]:
+        assert len(evaluation["episode_returns"]) == 4 and 0 <= evaluation["success_rate"] <= 1
+        assert sum(evaluation["episode_returns"]) == pytest.approx(evaluation["return"])
+    assert again["evaluations"] == first["evaluations"]

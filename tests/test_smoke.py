@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import ROOT, load_script
-from scripts import SMOKE_DATASET, script_names, tiny_args
+from scripts import CUSTOM_ENVS, SMOKE_DATASETS, script_names, smoke_dataset, tiny_args
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
 
@@ -37,7 +37,9 @@ def test_self_contained(name, tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(os.path.join(ROOT, "algorithms", name + ".py"), alone)
-    shutil.copy(SMOKE_DATASET, tmp_path / "data.hdf5")
+    if name in SMOKE_DATASETS:  # its data's environment is one of this project's, found beside the script
+        shutil.copytree(CUSTOM_ENVS, alone / "custom_envs")
+    shutil.copy(smoke_dataset(name), tmp_path / "data.hdf5")
     help_run = run([name + ".py", "--help"], cwd=alone)
     assert help_run.returncode == 0 and "--seed" in help_run.stdout, help_run.stderr[-2000:]
     result = run(
