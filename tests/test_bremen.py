@@ -197,15 +197,21 @@ def train(runs_dir, *argv: str, timeout: int = 900) -> dict:
 @pytest.mark.learning
 def test_offline_bremen_beats_cloning_of_the_same_data(tmp_path):
     """shipped/pendulum-eps1 (BRAC's eps1 mixture from a partially trained SAC policy, datasets/generate.py:
-    behaviour data 26.7), 150 TRPO iterations from the clone, the ensemble capped at 50 epochs.
+    behaviour data 26.7), 300 TRPO iterations from the clone, the ensemble capped at 50 epochs.
 
-    Our runs (one thread, busy 2-core machine; the file as regenerated with BRAC's mixture of policy samples),
-    normalised score at 25/50/.../150 iterations, with the policy's mean KL to the clone on imagined states:
-    seed 0 (129 s) 18.6, 19.9, 31.6, 39.5, 46.7, 53.2, KL 3.3 to 10.3, clone 20.3; seed 1 (140 s) 20.7, 33.1,
-    31.5, 51.5, 63.4, 95.6, KL 2.5 to 10.1, clone 15.9. Thresholds: the best 10 above the clone and the data,
-    and the KL to the clone under 20 at every evaluation (each TRPO step is at most 1.5 δ).
+    Our runs (one thread; the file as regenerated with BRAC's mixture of policy samples), normalised score every 25
+    iterations, with the policy's mean KL to the clone on imagined states. On an AMD EPYC machine (2026-12-06, 150
+    iterations): seed 0 (129 s) 18.6, 19.9, 31.6, 39.5, 46.7, 53.2, KL 3.3 to 10.3, clone 20.3; seed 1 (140 s)
+    20.7, 33.1, 31.5, 51.5, 63.4, 95.6, KL 2.5 to 10.1, clone 15.9. On an Intel Xeon machine (2026-12-07) the same
+    seeds give other numbers (floating point differs between the CPUs' kernels) and learn more slowly, so 150
+    iterations failed there: seed 0 21.4, 17.6, 24.7, 16.4, 13.9, 24.3, then (300 iterations, 100 s) 32.4, 23.6,
+    26.5, 30.8, 35.3, 41.7, KL at most 14.1, clone 19.9; seed 1 15.7, 36.0, 10.8, 12.9, 9.2, 20.5, 18.9, 25.6, 28.4,
+    38.8, 25.2, 36.2, KL up to 29.9, clone 15.8; seed 2 (150 iterations) best 29.1, clone 11.4. Thresholds: the best
+    10 above the clone and the data, and the KL to the clone under 20 at every evaluation (seed 0; seed 1 on the
+    Intel machine would fail the KL bound, which TRPO's per-step bound of 1.5 δ does not imply for the KL to the
+    clone).
     """
-    results = train(tmp_path, "--dataset", "shipped/pendulum-eps1", "--num-updates", "150", "--eval-every", "25",
+    results = train(tmp_path, "--dataset", "shipped/pendulum-eps1", "--num-updates", "300", "--eval-every", "25",
                     "--dynamics-max-epochs", "50")  # fmt: skip
     scores = [e["normalized_score"] for e in results["evaluations"]]
     print(
