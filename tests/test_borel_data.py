@@ -1,5 +1,5 @@
-"""BOReL's per-task data (datasets/borel_generate.py) and the shipped gridworld file: the D4RL layout plus the task
-of every step, read by the dataset layer every script shares, with whole trials in task order."""
+"""BOReL's per-task data (datasets/borel_generate.py) and the shipped gridworld and point-robot files: the D4RL
+layout plus the task of every step, read by the dataset layer every script shares, with whole trials in task order."""
 
 import os
 import shutil
@@ -14,6 +14,7 @@ from conftest import ROOT, SHIPPED, load_script
 from custom_envs import borel_gridworld, borel_point_robot
 
 GRIDWORLD = os.path.join(SHIPPED, "borel-gridworld.hdf5")
+POINT_ROBOT = os.path.join(SHIPPED, "borel-point-robot.hdf5")
 MODULES = {"gridworld": borel_gridworld, "point_robot": borel_point_robot}
 
 
@@ -47,6 +48,21 @@ def test_shipped_gridworld_layout():
     assert attrs["num_tasks"] == 21 and attrs["env_id"] == "custom_envs.borel_gridworld:BorelGridNavi-v0"
     check_layout(arrays, attrs)
     assert os.path.getsize(GRIDWORLD) < 500_000
+
+
+def test_shipped_point_robot_layout_and_behaviour():
+    """The shipped point robot (16 goals, 100 trials each: 20 random, then 80 of the learning SAC agent): the layout,
+    and each task's agent learns its goal (its last 10 trials earn over 70 % of the oracle's per-trial return, where
+    the 20 random ones earn about nothing)."""
+    arrays, attrs = read(POINT_ROBOT)
+    assert attrs["num_tasks"] == 16 and attrs["trials_per_task"] == 100 and attrs["family"] == "point_robot"
+    check_layout(arrays, attrs)
+    assert os.path.getsize(POINT_ROBOT) < 5_000_000
+    returns = arrays["rewards"].reshape(16, 100, -1).sum(-1)
+    assert returns[:, :20].mean() < 10 and returns[:, -10:].mean() > 0.7 * attrs["ref_max_score"]
+    goals = arrays["task_params"][:: 100 * 120]
+    np.testing.assert_allclose(np.linalg.norm(goals, axis=1), 1.0, rtol=1e-6)
+    assert (goals[:, 1] >= 0).all() and len(np.unique(goals[:, 0])) == 16
 
 
 def test_shipped_gridworld_behaviour_learns_its_task():

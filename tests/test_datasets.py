@@ -687,6 +687,11 @@ def test_shipped_prefix_from_env_folder(tmp_path, monkeypatch):
 SHIPPED_FILES = sorted(glob.glob(os.path.join(SHIPPED, "*.hdf5")))
 
 
+def test_shipped_datasets_stay_small():
+    """Every clone carries datasets/shipped/: the folder stays well under 60 MB (51.7 MB with the BOReL point robot)."""
+    assert sum(os.path.getsize(p) for p in glob.glob(os.path.join(SHIPPED, "*"))) < 55_000_000
+
+
 @pytest.mark.skipif(not SHIPPED_FILES, reason="no datasets/shipped/*.hdf5 yet")
 @pytest.mark.parametrize("path", SHIPPED_FILES, ids=[os.path.basename(p) for p in SHIPPED_FILES])
 def test_shipped_dataset_loads(path, monkeypatch):
