@@ -665,7 +665,8 @@ def main():
     learner = (DQN(hyper_dim, probe.action_space.n, args) if discrete else SAC(hyper_dim, act_dim, args)).to(device)
     probe.close()
     if data.ref_min_score is not None:
-        print(f"references per trial: random {data.ref_min_score:.2f}, oracle {data.ref_max_score:.2f}")
+        refs = f"{data.ref_min_score:.2f} (0), {data.ref_max_score:.2f} (100)"
+        print(f"references per trial: {refs}; {attrs.get('ref_source', '')}")
     teleport = bool(attrs.get("teleport", False))
     env_kwargs = json.loads(attrs.get("env_kwargs", "{}")) | ({"random_start": True} if args.eval_random_start else {})
     make_env = lambda: gym.make(data.env_id, **env_kwargs)  # noqa: E731

@@ -8,11 +8,19 @@ family go into one file.
   point_robot   BorelPointRobotSparse-v0, 80 goals drawn on the semicircle; SAC, actor and twin Q [32, 32],
                 Adam 3e-4, γ 0.9, α 0.01 fixed, τ 0.005; 50 uniformly random trials, then per iteration 2
                 trials and 500 updates of batch 256, 300 iterations
+  cheetah_vel   BorelHalfCheetahVel-v0, 100 target velocities ~ U[0, 3]; SAC, actor and twin Q [128, 128], Adam
+                3e-4, γ 0.99, α 0.2 fixed, τ 0.005; 50 uniformly random trials, then per iteration 2 trials and
+                2000 updates of batch 256, 1000 iterations
+  ant_semicircle  BorelAntSemiCircleSparse-v0, 80 goals on the semicircle; the same SAC and budget as
+                cheetah_vel, trained on the dense reward (the authors' dense environment); the file's rewards are
+                the sparse ones
 
-A trial is the family's whole BAMDP episode (gridworld 4 x 15 steps, point robot 2 x 60). Data collection starts
-each MDP episode at a random position (the authors' `modify_init_state_dist`); the file's `env_kwargs` name the
-evaluation environment, which starts at the origin. The agents bootstrap through a reached goal as through a
-terminal state, as the authors' collection does (their stored terminal is the goal-reached flag).
+A trial is the family's whole BAMDP episode (gridworld 4 x 15 steps, point robot 2 x 60, MuJoCo 2 x 200). Data
+collection starts each MDP episode at a random position (the authors' `modify_init_state_dist`; Half-Cheetah-Vel
+at Gymnasium's noisy start, as theirs); the file's `env_kwargs` name the evaluation environment, which starts at
+the origin. The agents bootstrap through a reached goal as through a terminal state, as the authors' collection
+does (their stored terminal is the goal-reached flag; the MuJoCo agents never stop bootstrapping: the authors
+collect them in dense environments, whose terminals are all 0).
 
 Choices, where the authors' code has a quirk:
 - Teleport transitions: after an inner episode ends, the next step here starts from the new start state
@@ -22,16 +30,23 @@ Choices, where the authors' code has a quirk:
   the goal-reached flag is stored beside them as `goal_reached` for a learner that wants the authors' mask.
 
 The file is the D4RL layout (observations, actions, rewards, next_observations, terminals, timeouts; `timeouts`
-is 1 on the last step of every trial) plus, per step, `task_index` (0 .. tasks - 1) and `task_params` (the goal),
-in task order, each task's trials in the order they were collected. Gridworld actions are the action indices
-(float32, one per step; a learner one-hot encodes them).
+is 1 on the last step of every trial) plus, per step, `task_index` (0 .. tasks - 1) and `task_params` (the goal,
+or the target velocity), in task order, each task's trials in the order they were collected, and what relabelling
+needs to recompute another task's reward exactly: Half-Cheetah-Vel's `x_velocity` (the step's forward velocity,
+which the observation does not give: the reward is -|x_velocity - v_goal| - 0.05 |a|²; the authors instead
+re-simulate from s_{t+1}, a step off), the ant's `dense_rewards` beside the sparse `rewards` (both functions of
+s' and a). Gridworld actions are the action indices (float32, one per step; a learner one-hot encodes them).
 Attributes: env_id, env_kwargs, family, num_tasks, trials_per_task, episode_length, episodes_per_trial, teleport,
-seed, the command, and reference returns per trial: uniformly random actions (0) and an oracle that knows the
-goal and walks straight to it (100), both from the evaluation start over `--ref-trials` drawn tasks.
+seed, the command, and reference returns per trial from the evaluation start: uniformly random actions (0, over
+`--ref-trials` drawn tasks) and, as 100, an oracle that knows the goal and walks straight to it (gridworld, point
+robot; over `--ref-trials` drawn tasks) or, where no such oracle exists (MuJoCo), each task's collecting agent:
+one trial of its final deterministic policy on its own task, the mean over the tasks.
 
     python datasets/borel_generate.py --family gridworld --out data/borel/gridworld.hdf5          # the paper's
     python datasets/borel_generate.py --family gridworld --iterations 16 --trials-per-iteration 2 \\
         --out datasets/shipped/borel-gridworld.hdf5                                                 # shipped
+    python datasets/borel_generate.py --family cheetah_vel --num-tasks 8 --init-trials 10 --iterations 15 \
+        --trials-per-iteration 2 --updates-per-iteration 600 --out data/borel/cheetah-vel-8.hdf5        # reduced
 """
 
 import json
