@@ -36,7 +36,10 @@ gridworld settings; benchmarks/configs/borel/ holds the other families' and redu
 
 Example:
     python algorithms/borel.py --dataset shipped/borel-gridworld
-    python algorithms/borel.py --dataset data/borel/point-robot.hdf5 --config benchmarks/configs/borel/point-robot.yaml
+    python algorithms/borel.py --dataset data/borel/point-robot.hdf5 \\
+        --config benchmarks/configs/borel/variants/point-robot.yaml
+    python algorithms/borel.py --dataset data/borel/cheetah-vel.hdf5 \\
+        --config benchmarks/configs/borel/variants/cheetah-vel.yaml
 
 Logged (tensorboard, in the run directory):
     vae/loss, vae/reward_loss, vae/kl   the negative ELBO and its two terms, per VAE epoch (mean over its steps)
@@ -196,7 +199,7 @@ def cheetah_vel_reward(next_obs, goal, steps):
 # per family (the file's attribute `family`): the reward decoder (cells, r̂(z, s') or r̂(z, s', s, a)), the reward
 # function that relabelling recomputes, the relabelled segments in inner episodes (the authors': the gridworld's first
 # two of four, the first of two elsewhere), whether evaluation uses the data's tasks (the gridworld's 21 goals are all
-# its tasks), the file's per-step arrays the reward needs, and whether a goal is reached (the success rate)
+# its tasks); Half-Cheetah-Vel also needs the file's per-step x_velocity and has no random start
 FAMILIES = {
     "gridworld": dict(decoder="cells", reward=grid_reward, segments=(0, 1), eval_on_data_tasks=True),
     "point_robot": dict(decoder="mse", reward=point_robot_reward, segments=(0,), eval_on_data_tasks=False),

@@ -162,7 +162,7 @@ def test_a_cheetah_file_without_x_velocity_gives_one_line():
 def test_collection_and_borel_end_to_end(tmp_path, family):
     """Two tasks of a tiny collection (the file stores what relabelling needs, the references from the evaluation
     start), then borel.py two updates on it: the evaluation has both inner episodes' returns, and the success rate
-    where the family has a goal (the ant), none for Half-Cheetah-Vel."""
+    where the family has a goal (the ant), none for Half-Cheetah-Vel (which refuses --eval-random-start)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     out = tmp_path / "data.hdf5"
     command = [sys.executable, "datasets/borel_generate.py", "--family", family, "--num-tasks", "2", "--iterations"]
@@ -196,3 +196,6 @@ def test_collection_and_borel_end_to_end(tmp_path, family):
         assert len(evaluation["episode_returns"]) == 2
         assert sum(evaluation["episode_returns"]) == pytest.approx(evaluation["return"])
         assert (evaluation["success_rate"] is None) == (family == "cheetah_vel")
+    if family == "cheetah_vel":  # its data start where evaluation does: a random evaluation start is refused
+        done = subprocess.run(argv + ["--eval-random-start"], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode != 0 and "has no random start" in done.stderr and "Traceback" not in done.stderr
