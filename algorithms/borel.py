@@ -8,20 +8,23 @@ The data are many tasks' replay buffers, each collected separately by an agent t
 episodes and exploits what it found in the later ones is Bayes-optimal for the task distribution. BOReL learns it
 offline in three steps, as the authors' code (Rondorf/BOReL) runs them:
 1. A VariBAD VAE: a GRU encoder over (a_t, s_{t+1}, r_{t+1}) gives the belief q_t = N(μ_t, σ_t²) after every step
-   of a trial; a reward decoder r̂(z, s') reconstructs every reward of the trial from every belief's sample; the
-   ELBO pulls each belief towards the previous one. Reward relabelling (on by default, --no-relabel) first
-   replaces segments of a task's trials by other tasks' trials with this task's rewards: without it the belief
-   can read the task off the behaviour (each task's agent heads for its own goal) instead of off the rewards,
-   and fails on a new agent's exploration (the paper's "MDP ambiguity"). Trained once per dataset and cached.
+   of a trial; a reward decoder r̂(z, s') (MuJoCo: r̂(z, s', s, a)) reconstructs every reward of the trial from
+   every belief's sample; the ELBO pulls each belief towards the previous one. Reward relabelling (on by default,
+   --no-relabel) first replaces segments of a task's trials by other tasks' trials with this task's rewards
+   (Half-Cheetah-Vel's exactly, from the stored forward velocity): without it the belief can read the task off the
+   behaviour (each task's agent heads for its own goal) instead of off the rewards, and fails on a new agent's
+   exploration (the paper's "MDP ambiguity"). Trained once per dataset and cached.
 2. State relabelling: each state of the original (unmixed) data becomes the hyper-state [s_t, μ_t, log σ²_t]
    through the frozen encoder.
-3. Offline RL on hyper-states: DQN on the gridworld, SAC with a fixed α on the point robot, each update on
+3. Offline RL on hyper-states: DQN on the gridworld, SAC with a fixed α on the others, each update on
    `batch_size` transitions of each of `meta_batch` tasks drawn for `updates_per_iteration` updates.
 Evaluation runs whole trials online: the frozen encoder updates the belief after every step, the policy is
 deterministic; each trial's return per inner episode (the first against the later ones shows exploration paying
 off), its total (eval/return, normalised with the file's per-trial references: random actions 0, an oracle that
-knows the goal 100) and whether the goal was reached (success). Gridworld: the 21 training goals in turn, from
-(0, 0), as the authors; point robot: fresh goals at every evaluation, as the authors, from the origin.
+knows the goal 100; MuJoCo: each task's collecting agent) and whether the goal was reached (success; none for
+Half-Cheetah-Vel, whose per-episode return is minus the summed velocity error and control cost). Gridworld: the 21
+training goals in turn, from (0, 0), as the authors; the others: fresh goals at every evaluation, as the authors,
+from the origin (Half-Cheetah-Vel: Gymnasium's reset noise).
 
 Choices where the authors' code has a quirk (../shared/reference/borel_bremen.md A.7): no hidden-state reset at
 goal states when relabelling states; the goal is not a terminal of the Bellman target (the environment keeps
@@ -29,11 +32,14 @@ paying there; --goal-terminal for the authors' mask); the point robot is evaluat
 (--eval-random-start for the authors' random starts); tasks and relabelled trials are drawn with replacement as
 theirs; the relabelling is redrawn every VAE epoch (theirs once, before training); the step after an inner
 episode starts from the new start state unless the file was collected with --teleport. Defaults are the authors'
-gridworld settings; benchmarks/configs/borel/ holds the point robot's and reduced CPU settings.
+gridworld settings; benchmarks/configs/borel/ holds the other families' and reduced CPU settings.
 
 Example:
     python algorithms/borel.py --dataset shipped/borel-gridworld
-    python algorithms/borel.py --dataset data/borel/point-robot.hdf5 --config benchmarks/configs/borel/point-robot.yaml
+    python algorithms/borel.py --dataset data/borel/point-robot.hdf5 \\
+        --config benchmarks/configs/borel/variants/point-robot.yaml
+    python algorithms/borel.py --dataset data/borel/cheetah-vel.hdf5 \\
+        --config benchmarks/configs/borel/variants/cheetah-vel.yaml
 
 Logged (tensorboard, in the run directory):
     vae/loss, vae/reward_loss, vae/kl   the negative ELBO and its two terms, per VAE epoch (mean over its steps)
@@ -44,7 +50,7 @@ Logged (tensorboard, in the run directory):
     eval/return                 mean trial return of the evaluation trials
     eval/normalized_score       its normalised score (per-trial references of the file)
     eval/episode_<k>_return     mean return of the k-th inner episode of the trials (k = 1, 2, ...)
-    eval/success_rate           fraction of trials that reached the goal
+    eval/success_rate           fraction of trials that reached the goal (not Half-Cheetah-Vel)
     charts/updates_per_second   offline RL updates per second of training time (evaluation excluded)
 """
 
@@ -120,9 +126,9 @@ class Args:
     encoder_hidden_dim: int = 64
     """GRU width of the encoder (the authors' gridworld 64, others 128)"""
     action_embed_dim: int = 0
-    """embedding of a_t in the encoder (0: the action is not read, the authors' gridworld; others 16)"""
+    """embedding of a_t in the encoder and the MuJoCo reward decoder (0: not read, the authors' gridworld; others 16)"""
     state_embed_dim: int = 32
-    """embedding of s_{t+1} in the encoder and in the reward decoder"""
+    """embedding of s_{t+1} in the encoder and of s_{t+1} (and s_t) in the reward decoder"""
     reward_embed_dim: int = 8
     """embedding of r_{t+1} in the encoder (the authors' gridworld 8, others 16)"""
     decoder_hidden_dim: int = 32
@@ -169,23 +175,38 @@ GRID_SIZE = 5
 TRIAL_KEYS = ("observations", "actions", "rewards", "next_observations")
 
 
-def grid_reward(next_obs, goal):
+def grid_reward(next_obs, goal, steps=None):
     """The gridworld's reward in torch: +1 on the goal cell, else -0.1."""
     return torch.where((next_obs[..., :2] == goal).all(-1), 1.0, -0.1)
 
 
-def point_robot_reward(next_obs, goal):
+def point_robot_reward(next_obs, goal, steps=None):
     """The sparse point robot's reward in torch: 1 within 0.2 of the goal, else 0."""
     return ((next_obs[..., :2] - goal).norm(dim=-1) <= 0.2).float()
 
 
-# per family (the file's attribute `family`): the reward decoder, the reward function that relabelling recomputes,
-# the relabelled segments in inner episodes (the authors': the gridworld's first two of four, the first of two
-# elsewhere), and whether evaluation uses the data's tasks (the gridworld's 21 goals are all its tasks)
+def ant_reward(next_obs, goal, steps):
+    """The sparse ant's reward: 1 with the torso (s'[:2]) within 0.2 of the goal, minus 0.1 |a|²."""
+    return point_robot_reward(next_obs, goal) - 0.1 * steps["actions"].square().sum(-1)
+
+
+def cheetah_vel_reward(next_obs, goal, steps):
+    """Half-Cheetah-Vel's -|v_x - v_goal| - 0.05 |a|², exact from the step's forward velocity the file stores (x is
+    not in the observation; the authors re-simulate from s_{t+1}, one step off)."""
+    return -(steps["x_velocity"] - goal[..., 0]).abs() - 0.05 * steps["actions"].square().sum(-1)
+
+
+# per family (the file's attribute `family`): the reward decoder (cells, r̂(z, s') or r̂(z, s', s, a)), the reward
+# function that relabelling recomputes, the relabelled segments in inner episodes (the authors': the gridworld's first
+# two of four, the first of two elsewhere), whether evaluation uses the data's tasks (the gridworld's 21 goals are all
+# its tasks); Half-Cheetah-Vel also needs the file's per-step x_velocity and has no random start
 FAMILIES = {
     "gridworld": dict(decoder="cells", reward=grid_reward, segments=(0, 1), eval_on_data_tasks=True),
     "point_robot": dict(decoder="mse", reward=point_robot_reward, segments=(0,), eval_on_data_tasks=False),
+    "ant_semicircle": dict(decoder="mse_sas", reward=ant_reward, segments=(0,), eval_on_data_tasks=False),
+    "cheetah_vel": dict(decoder="mse_sas", reward=cheetah_vel_reward, segments=(0,), eval_on_data_tasks=False),
 }
+FAMILIES["cheetah_vel"] |= {"fields": ("x_velocity",), "no_random_start": True}
 
 
 class BeliefEncoder(nn.Module):
@@ -228,26 +249,31 @@ class BeliefEncoder(nn.Module):
 
 
 class RewardDecoder(nn.Module):
-    """r̂(z, s'): an MLP on [z, embed(s')] giving a reward (`kind="mse"`), or on z alone giving one Bernoulli logit
-    per grid cell, read at the cell of s' (`kind="cells"`, the gridworld)."""
+    """r̂(z, s') (`kind="mse"`, the point robot) or r̂(z, s', s, a) (`"mse_sas"`, the MuJoCo families): an MLP on z and
+    each input's own embedding (Linear + ReLU) giving a reward; or (`"cells"`, the gridworld) an MLP on z alone giving
+    one Bernoulli logit per grid cell, read at the cell of s'."""
 
-    def __init__(self, obs_dim, latent_dim=5, hidden_dim=32, state_embed=32, kind="mse"):
+    def __init__(self, obs_dim, latent_dim=5, hidden_dim=32, state_embed=32, kind="mse", act_dim=0, action_embed=16):
         super().__init__()
-        self.kind, self.latent_dim = kind, latent_dim
-        self.state_embed = nn.Linear(obs_dim, state_embed) if kind == "mse" else None
-        inp = latent_dim + (state_embed if kind == "mse" else 0)
-        out = 1 if kind == "mse" else GRID_SIZE * GRID_SIZE
+        self.kind, self.latent_dim, sas = kind, latent_dim, kind == "mse_sas"
+        self.state_embed = nn.Linear(obs_dim, state_embed) if kind != "cells" else None
+        self.prev_state_embed = nn.Linear(obs_dim, state_embed) if sas else None
+        self.action_embed = nn.Linear(act_dim, action_embed) if sas else None
+        inp = latent_dim + (state_embed if kind != "cells" else 0) + (state_embed + action_embed if sas else 0)
+        out = 1 if kind != "cells" else GRID_SIZE * GRID_SIZE
         self.net = nn.Sequential(nn.Linear(inp, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
         self.net.append(nn.Linear(hidden_dim, out))
 
-    def forward(self, z, next_obs):
-        """z [..., latent] and s' [..., obs] broadcast; a reward (mse) or the cell's goal logit (cells) [...]."""
-        if self.kind == "mse":
-            # the first layer on [z, e(s')] as the sum of its two parts: every (z_t, s'_j) pair of a trial is then
+    def forward(self, z, next_obs, obs=None, actions=None):
+        """z [..., latent] and the step's s' (and s, a) [..., dim] broadcast; a reward or the cell's logit [...]."""
+        if self.kind != "cells":
+            # the first layer on [z, e(s'), ...] as the sum of two parts: every (z_t, step j) pair of a trial is then
             # one broadcast addition, not a [T + 1, T, B, inp] input
             first, w = self.net[0], self.net[0].weight
-            s = F.relu(self.state_embed(next_obs))
-            h = F.linear(z, w[:, : self.latent_dim]) + F.linear(s, w[:, self.latent_dim :], first.bias)
+            s = [F.relu(self.state_embed(next_obs))]
+            if self.kind == "mse_sas":
+                s += [F.relu(self.prev_state_embed(obs)), F.relu(self.action_embed(actions))]
+            h = F.linear(z, w[:, : self.latent_dim]) + F.linear(torch.cat(s, -1), w[:, self.latent_dim :], first.bias)
             return self.net[1:](h)[..., 0]
         cell = (next_obs[..., 0] * GRID_SIZE + next_obs[..., 1]).long()
         logits = self.net(z)
@@ -277,18 +303,19 @@ def reward_nll(decoded, rewards, kind):
     return F.binary_cross_entropy_with_logits(decoded, target, reduction="none").sum(1)
 
 
-def elbo_loss(encoder, decoder, actions, next_obs, rewards, kl_weight=0.05, reward_weight=1.0, terms=0):
+def elbo_loss(encoder, decoder, actions, next_obs, rewards, kl_weight=0.05, reward_weight=1.0, terms=0, obs=None):
     """The negative ELBO of a batch of whole trials [T, B, ...]: one reparameterised z_t per belief decodes all T
     rewards; the mean over trials of reward_weight Σ_t reward term + kl_weight Σ_t KL(q_t || q_{t-1}). With `terms`
     > 0 only that many beliefs, drawn at random, decode (the option the authors' code calls
     vae_batch_num_elbo_terms, off in their configs; the sum is scaled by (T + 1) / terms here, the same in
-    expectation): the decoding of T + 1 x T pairs is most of a step."""
+    expectation): the decoding of T + 1 x T pairs is most of a step. `obs` (s_j) goes to a decoder of (s', s, a)."""
     mu, logvar, _ = encoder(actions, next_obs, rewards)
     z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
     scale = 1.0
     if 0 < terms < len(z):
         scale, z = len(z) / terms, z[torch.randperm(len(z), device=z.device)[:terms]]
-    decoded = decoder(z.unsqueeze(1), next_obs.unsqueeze(0))  # [T + 1 (or terms), T, B]
+    inputs = (next_obs,) if obs is None else (next_obs, obs, actions)
+    decoded = decoder(z.unsqueeze(1), *(x.unsqueeze(0) for x in inputs))  # [T + 1 (or terms), T, B]
     rew = scale * reward_nll(decoded, rewards, decoder.kind).sum(0)
     kl = kl_to_previous(mu, logvar).sum(0)
     return (reward_weight * rew + kl_weight * kl).mean(), rew.mean(), kl.mean()
@@ -298,11 +325,12 @@ def relabel_rewards(trials, goals, segments, reward_fn, generator=None):
     """Reward relabelling (the authors' mix_task_rollouts with fraction 1). trials: observations, actions,
     next_observations [K tasks, N trials, T, ...]; goals [K, d]. For every task i, N trials are drawn with replacement
     (about 63 % distinct, as the authors draw them); in each, every segment [a, b) of steps is replaced by the same
-    segment of a random trial of a random other task (drawn per segment), and the rewards of the whole trial are
-    those of task i's reward function. Returns new tensors; the input is not changed."""
+    segment of a random trial of a random other task (drawn per segment), with every per-step array (the reward's
+    inputs, such as the cheetah's x_velocity), and the rewards of the whole trial are those of task i's reward
+    function. Returns new tensors; the input is not changed."""
     k, n = goals.shape[0], trials["observations"].shape[1]
     device = goals.device
-    out = {key: trials[key].clone() for key in ("observations", "actions", "next_observations")}
+    out = {key: value.clone() for key, value in trials.items() if key not in ("rewards", "goal_reached", "goals")}
     rows = torch.arange(k, device=device)[:, None].expand(k, n)
     chosen = torch.randint(0, n, (k, n), generator=generator, device=device)
     for a, b in segments:
@@ -310,7 +338,7 @@ def relabel_rewards(trials, goals, segments, reward_fn, generator=None):
         source = torch.randint(0, n, (k, n), generator=generator, device=device)
         for key in out:
             out[key][rows, chosen, a:b] = trials[key][other, source, a:b]
-    out["rewards"] = reward_fn(out["next_observations"], goals[:, None, None])
+    out["rewards"] = reward_fn(out["next_observations"], goals[:, None, None], out)
     return out
 
 
@@ -324,16 +352,16 @@ class MetaDatasetError(Exception):
     """A meta-RL dataset that cannot be cut into tasks and trials; one line saying what is wrong and what to do."""
 
 
-def trials_by_task(arrays: dict, attrs: dict, source: str) -> dict:
+def trials_by_task(arrays: dict, attrs: dict, source: str, fields: tuple = ()) -> dict:
     """Cut a BOReL dataset (datasets/borel_generate.py's layout, already through the shared dataset checks) into
     whole trials per task: observations, actions, rewards, next_observations [K tasks, N trials, T, ...], the goal
-    flags [K, N, T] (zeros where the file has none) and the goals [K, d]. Rows must be grouped by task, every task
-    holding the same number of whole trials."""
-    for key in ("task_index", "task_params"):
+    flags [K, N, T] (zeros where the file has none), the per-step `fields` [K, N, T] and the goals [K, d]. Rows must
+    be grouped by task, every task holding the same number of whole trials."""
+    for key in ("task_index", "task_params", *fields):
         if key not in arrays:
             raise MetaDatasetError(
                 f"{source} has no '{key}' array; a meta-RL dataset needs the task of every step (task_index, "
-                "task_params): make it with datasets/borel_generate.py"
+                "task_params) and what its family's reward needs: make it with datasets/borel_generate.py"
             )
     try:
         length = int(attrs["episode_length"]) * int(attrs["episodes_per_trial"])
@@ -364,6 +392,7 @@ def trials_by_task(arrays: dict, attrs: dict, source: str) -> dict:
         raise MetaDatasetError(f"{source}: 'task_params' change within a task; each task has one set of parameters")
     shape = (k, per_task, length)
     out = {key: torch.as_tensor(np.asarray(arrays[key], dtype=np.float32).reshape(*shape, -1)) for key in TRIAL_KEYS}
+    out |= {key: torch.as_tensor(np.asarray(arrays[key], dtype=np.float32)).view(shape) for key in fields}
     out["rewards"] = out["rewards"][..., 0]
     out["goal_reached"] = torch.as_tensor(np.asarray(arrays.get("goal_reached", np.zeros(n)), np.float32)).view(shape)
     out["goals"] = torch.as_tensor(params[:, 0])
@@ -384,9 +413,9 @@ def train_vae(encoder, decoder, trials: dict, segments: list, reward_fn, args, l
         for chunk in torch.randperm(n).split(args.vae_trials_per_batch):
             for group in torch.randperm(k).split(args.vae_tasks_per_batch):
                 batch = [data[key][group][:, chunk].flatten(0, 1).transpose(0, 1) for key in TRIAL_KEYS]  # [T, B, ..]
-                actions, rewards, next_obs = batch[1], batch[2], batch[3]
+                obs, actions, rewards, next_obs = batch
                 loss, rew, kl = elbo_loss(
-                    encoder, decoder, actions, next_obs, rewards, args.kl_weight, 1.0, args.elbo_terms
+                    encoder, decoder, actions, next_obs, rewards, args.kl_weight, 1.0, args.elbo_terms, obs
                 )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -539,7 +568,7 @@ def evaluate_trials(make_env, encoder, learner, tasks: list, seed: int, teleport
     """One whole trial per task (None: the environment draws one), all side by side: the deterministic policy acts
     on [s_t, μ_t, log σ²_t] and the frozen encoder updates the belief with (a_t, s_{t+1}, r_{t+1}) after every step,
     across inner episodes (the hidden state is never reset within a trial). Returns per trial the return of every
-    inner episode [n, episodes] and whether the goal was reached at any step [n]."""
+    inner episode [n, episodes] and whether the goal was reached at any step [n] (None: the task has no goal state)."""
     envs = [make_env() for _ in tasks]
     obs = np.stack(
         [env.reset(seed=seed + i, options={"task": task})[0] for i, (env, task) in enumerate(zip(envs, tasks))]
@@ -556,28 +585,32 @@ def evaluate_trials(make_env, encoder, learner, tasks: list, seed: int, teleport
         for i, env in enumerate(envs):
             a = int(env_action[i, 0]) if isinstance(env.action_space, gym.spaces.Discrete) else env_action[i]
             next_obs[i], rewards[i, t], _, _, info = env.step(a)
-            success[i] |= info["goal_reached"]
+            success[i] |= info.get("goal_reached", False)
             obs[i] = next_obs[i] if teleport or "start_state" not in info else info["start_state"]
         reward = torch.as_tensor(rewards[:, t], dtype=torch.float32, device=device)
         mu, logvar, hidden = encoder(action[None], torch.as_tensor(next_obs, device=device)[None], reward[None], hidden)
         mu, logvar = mu[-1], logvar[-1]
     for env in envs:
         env.close()
+    success = success if "goal_reached" in info else None
     return {"episode_returns": rewards.reshape(len(envs), episodes, -1).sum(-1), "success": success}
 
 
 def record_trials(run_dir, writer, history, step, trials: dict, data, seed, clock) -> str:
     """The shared record_evaluation of the trial returns, then each inner episode's mean return and the success
-    rate added to that evaluation (results.json and tensorboard)."""
+    rate (null without a goal state) added to that evaluation (results.json and tensorboard)."""
     shown = record_evaluation(run_dir, writer, history, step, trials["episode_returns"].sum(1), data, seed, clock)
     per_episode = trials["episode_returns"].mean(0)
-    history[-1] |= {"episode_returns": per_episode.tolist(), "success_rate": float(trials["success"].mean())}
+    success = None if trials["success"] is None else float(trials["success"].mean())
+    history[-1] |= {"episode_returns": per_episode.tolist(), "success_rate": success}
     for k, value in enumerate(per_episode):
         writer.add_scalar(f"eval/episode_{k + 1}_return", value, step)
-    writer.add_scalar("eval/success_rate", trials["success"].mean(), step)
+    if success is not None:
+        writer.add_scalar("eval/success_rate", success, step)
     with open(os.path.join(run_dir, "results.json")) as f:
         write_results(run_dir, {**json.load(f), "evaluations": history})
-    return f"{shown} ({' / '.join(f'{r:.1f}' for r in per_episode)}, success {trials['success'].mean():.2f})"
+    shown += f" ({' / '.join(f'{r:.1f}' for r in per_episode)}"
+    return shown + ("" if success is None else f", success {success:.2f}") + ")"
 
 
 def main():
@@ -588,12 +621,14 @@ def main():
         data = load_dataset(args.dataset, torch.device("cpu"))
         path = shipped_path(args.dataset[len(SHIPPED_PREFIX) :]) if args.dataset.startswith(SHIPPED_PREFIX) else None
         arrays, attrs = read_hdf5(path or args.dataset)
-        trials = trials_by_task(arrays, attrs, args.dataset)
+        family = FAMILIES.get(str(attrs.get("family")))
+        if family is None:
+            sys.exit(f"error: {args.dataset}: family {attrs.get('family')!r} is not one of {', '.join(FAMILIES)}")
+        trials = trials_by_task(arrays, attrs, args.dataset, family.get("fields", ()))
     except (DatasetError, MetaDatasetError) as e:
         sys.exit(f"error: {e}")
-    family = FAMILIES.get(str(attrs.get("family")))
-    if family is None:
-        sys.exit(f"error: {args.dataset}: family {attrs.get('family')!r} is not one of {', '.join(FAMILIES)}")
+    if args.eval_random_start and family.get("no_random_start"):
+        sys.exit(f"error: --eval-random-start: {attrs['family']} has no random start (its data start as evaluation)")
     if args.goal_terminal and "goal_reached" not in arrays:
         sys.exit(f"error: --goal-terminal needs the file's goal_reached flags, which {args.dataset} has not")
     trials = {key: value.to(device) for key, value in trials.items()}
@@ -610,7 +645,8 @@ def main():
         args.state_embed_dim,
         args.reward_embed_dim,
     ).to(device)
-    decoder = RewardDecoder(obs_dim, args.latent_dim, args.decoder_hidden_dim, args.state_embed_dim, family["decoder"])
+    sizes = (args.latent_dim, args.decoder_hidden_dim, args.state_embed_dim, family["decoder"], act_dim)
+    decoder = RewardDecoder(obs_dim, *sizes, args.action_embed_dim)
     vae_log = load_or_train_vae(encoder, decoder.to(device), trials, segments, family["reward"], args, device)
     encoder.requires_grad_(False)
 
@@ -632,7 +668,8 @@ def main():
     learner = (DQN(hyper_dim, probe.action_space.n, args) if discrete else SAC(hyper_dim, act_dim, args)).to(device)
     probe.close()
     if data.ref_min_score is not None:
-        print(f"references per trial: random {data.ref_min_score:.2f}, oracle {data.ref_max_score:.2f}")
+        refs = f"{data.ref_min_score:.2f} (0), {data.ref_max_score:.2f} (100)"
+        print(f"references per trial: {refs}; {attrs.get('ref_source', '')}")
     teleport = bool(attrs.get("teleport", False))
     env_kwargs = json.loads(attrs.get("env_kwargs", "{}")) | ({"random_start": True} if args.eval_random_start else {})
     make_env = lambda: gym.make(data.env_id, **env_kwargs)  # noqa: E731
@@ -675,7 +712,7 @@ def main():
 
     writer.close()
     last = history[-1]
-    print(f"last evaluation: return per inner episode {last['episode_returns']}, success {last['success_rate']:.2f}")
+    print(f"last evaluation: return per inner episode {last['episode_returns']}, success {last['success_rate']}")
     print(final_summary(run_dir))
 
 

@@ -8,11 +8,19 @@ family go into one file.
   point_robot   BorelPointRobotSparse-v0, 80 goals drawn on the semicircle; SAC, actor and twin Q [32, 32],
                 Adam 3e-4, γ 0.9, α 0.01 fixed, τ 0.005; 50 uniformly random trials, then per iteration 2
                 trials and 500 updates of batch 256, 300 iterations
+  cheetah_vel   BorelHalfCheetahVel-v0, 100 target velocities ~ U[0, 3]; SAC, actor and twin Q [128, 128], Adam
+                3e-4, γ 0.99, α 0.2 fixed, τ 0.005; 50 uniformly random trials, then per iteration 2 trials and
+                2000 updates of batch 256, 1000 iterations
+  ant_semicircle  BorelAntSemiCircleSparse-v0, 80 goals on the semicircle; the same SAC and budget as
+                cheetah_vel, trained on the dense reward (the authors' dense environment); the file's rewards are
+                the sparse ones
 
-A trial is the family's whole BAMDP episode (gridworld 4 x 15 steps, point robot 2 x 60). Data collection starts
-each MDP episode at a random position (the authors' `modify_init_state_dist`); the file's `env_kwargs` name the
-evaluation environment, which starts at the origin. The agents bootstrap through a reached goal as through a
-terminal state, as the authors' collection does (their stored terminal is the goal-reached flag).
+A trial is the family's whole BAMDP episode (gridworld 4 x 15 steps, point robot 2 x 60, MuJoCo 2 x 200). Data
+collection starts each MDP episode at a random position (the authors' `modify_init_state_dist`; Half-Cheetah-Vel
+at Gymnasium's noisy start, as theirs); the file's `env_kwargs` name the evaluation environment, which starts at
+the origin. The agents bootstrap through a reached goal as through a terminal state, as the authors' collection
+does (their stored terminal is the goal-reached flag; the MuJoCo agents never stop bootstrapping: the authors
+collect them in dense environments, whose terminals are all 0).
 
 Choices, where the authors' code has a quirk:
 - Teleport transitions: after an inner episode ends, the next step here starts from the new start state
@@ -22,16 +30,23 @@ Choices, where the authors' code has a quirk:
   the goal-reached flag is stored beside them as `goal_reached` for a learner that wants the authors' mask.
 
 The file is the D4RL layout (observations, actions, rewards, next_observations, terminals, timeouts; `timeouts`
-is 1 on the last step of every trial) plus, per step, `task_index` (0 .. tasks - 1) and `task_params` (the goal),
-in task order, each task's trials in the order they were collected. Gridworld actions are the action indices
-(float32, one per step; a learner one-hot encodes them).
+is 1 on the last step of every trial) plus, per step, `task_index` (0 .. tasks - 1) and `task_params` (the goal,
+or the target velocity), in task order, each task's trials in the order they were collected, and what relabelling
+needs to recompute another task's reward exactly: Half-Cheetah-Vel's `x_velocity` (the step's forward velocity,
+which the observation does not give: the reward is -|x_velocity - v_goal| - 0.05 |a|²; the authors instead
+re-simulate from s_{t+1}, a step off), the ant's `dense_rewards` beside the sparse `rewards` (both functions of
+s' and a). Gridworld actions are the action indices (float32, one per step; a learner one-hot encodes them).
 Attributes: env_id, env_kwargs, family, num_tasks, trials_per_task, episode_length, episodes_per_trial, teleport,
-seed, the command, and reference returns per trial: uniformly random actions (0) and an oracle that knows the
-goal and walks straight to it (100), both from the evaluation start over `--ref-trials` drawn tasks.
+seed, the command, and reference returns per trial from the evaluation start: uniformly random actions (0, over
+`--ref-trials` drawn tasks) and, as 100, an oracle that knows the goal and walks straight to it (gridworld, point
+robot; over `--ref-trials` drawn tasks) or, where no such oracle exists (MuJoCo), each task's collecting agent:
+one trial of its final deterministic policy on its own task, the mean over the tasks.
 
     python datasets/borel_generate.py --family gridworld --out data/borel/gridworld.hdf5          # the paper's
     python datasets/borel_generate.py --family gridworld --iterations 16 --trials-per-iteration 2 \\
         --out datasets/shipped/borel-gridworld.hdf5                                                 # shipped
+    python datasets/borel_generate.py --family cheetah_vel --num-tasks 8 --init-trials 10 --iterations 15 \
+        --trials-per-iteration 2 --updates-per-iteration 600 --out data/borel/cheetah-vel-8.hdf5        # reduced
 """
 
 import json
@@ -51,7 +66,7 @@ import tyro
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "algorithms"))
-from custom_envs import borel_gridworld, borel_point_robot  # noqa: E402
+from custom_envs import borel_ant_semicircle, borel_cheetah_vel, borel_gridworld, borel_point_robot  # noqa: E402
 
 # per family: environment module and id, tasks, the agent, and the authors' collection budget
 FAMILIES = {
@@ -74,10 +89,41 @@ FAMILIES = {
         agent="sac",
         hidden=32,
         gamma=0.9,
+        alpha=0.01,
         iterations=300,
         init_trials=50,
         trials_per_iteration=2,
         updates_per_iteration=500,
+    ),
+    "cheetah_vel": dict(
+        module=borel_cheetah_vel,
+        env_id="custom_envs.borel_cheetah_vel:BorelHalfCheetahVel-v0",
+        num_tasks=100,
+        agent="sac",
+        hidden=128,
+        gamma=0.99,
+        alpha=0.2,
+        iterations=1000,
+        init_trials=50,
+        trials_per_iteration=2,
+        updates_per_iteration=2000,
+        collect_kwargs={},  # the authors' cheetah starts where evaluation does
+        step_info=("x_velocity",),
+    ),
+    "ant_semicircle": dict(
+        module=borel_ant_semicircle,
+        env_id="custom_envs.borel_ant_semicircle:BorelAntSemiCircleSparse-v0",
+        num_tasks=80,
+        agent="sac",
+        hidden=128,
+        gamma=0.99,
+        alpha=0.2,
+        iterations=1000,
+        init_trials=50,
+        trials_per_iteration=2,
+        updates_per_iteration=2000,
+        train_reward="dense_rewards",  # the collecting SAC learns the dense reward, the file's rewards are sparse
+        step_info=("goal_reached", "dense_reward"),
     ),
 }
 
@@ -85,27 +131,27 @@ FAMILIES = {
 @dataclass
 class Args:
     family: str = "gridworld"
-    """task family: gridworld or point_robot"""
+    """task family: gridworld, point_robot, cheetah_vel or ant_semicircle"""
     out: str = ""
     """output .hdf5 file"""
     num_tasks: int = 0
-    """tasks (0: the family's, 21 goals on the gridworld, 80 on the point robot)"""
+    """tasks (0: the family's: gridworld 21 goals, point robot 80, cheetah-vel 100, ant 80)"""
     iterations: int = 0
-    """collection iterations per task after the random trials (0: the authors', 100 / 300)"""
+    """collection iterations per task after the random trials (0: the authors', 100 / 300 / 1000 / 1000)"""
     init_trials: int = -1
-    """uniformly random trials per task first (-1: the authors', 10 / 50)"""
+    """uniformly random trials per task first (-1: the authors', 10 / 50 / 50 / 50)"""
     trials_per_iteration: int = 0
-    """trials collected per iteration (0: the authors', 5 / 2)"""
+    """trials collected per iteration (0: the authors', 5 / 2 / 2 / 2)"""
     updates_per_iteration: int = 0
-    """agent updates per iteration (0: the authors', 200 / 500)"""
+    """agent updates per iteration (0: the authors', 200 / 500 / 2000 / 2000)"""
     batch_size: int = 256
     """agent minibatch"""
     lr: float = 3e-4
     """Adam learning rate of every network"""
     tau: float = 0.005
     """soft target update rate"""
-    alpha: float = 0.01
-    """SAC's fixed entropy coefficient (point robot)"""
+    alpha: float = -1.0
+    """SAC's fixed entropy coefficient (-1: the authors', point robot 0.01, MuJoCo 0.2)"""
     teleport: bool = False
     """the authors' teleport transitions at inner episode boundaries (see the module docstring)"""
     seed: int = 0
@@ -154,14 +200,14 @@ class SAC:
     """SAC with a fixed α, twin Q and a tanh-Gaussian actor (log-std in [-20, 2]); critics first, then targets,
     then the actor, as the authors' order."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, args: Args, gamma: float):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, args: Args, gamma: float, alpha: float):
         self.actor = mlp(obs_dim, 2 * act_dim, hidden)
         self.q = nn.ModuleList([mlp(obs_dim + act_dim, 1, hidden) for _ in range(2)])
         self.q_target = nn.ModuleList([mlp(obs_dim + act_dim, 1, hidden) for _ in range(2)])
         self.q_target.load_state_dict(self.q.state_dict())
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.lr)
         self.q_opt = torch.optim.Adam(self.q.parameters(), lr=args.lr)
-        self.act_dim, self.gamma, self.tau, self.alpha = act_dim, gamma, args.tau, args.alpha
+        self.act_dim, self.gamma, self.tau, self.alpha = act_dim, gamma, args.tau, alpha
 
     def policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.actor(obs).chunk(2, -1)
@@ -170,10 +216,12 @@ class SAC:
         log_prob = torch.distributions.Normal(mean, std).log_prob(u) - torch.log(1 - torch.tanh(u) ** 2 + 1e-6)
         return torch.tanh(u), log_prob.sum(-1)
 
-    def act(self, obs: np.ndarray, rng: np.random.Generator, random: bool):
+    def act(self, obs: np.ndarray, rng: np.random.Generator, random: bool, deterministic: bool = False):
         if random:
             return rng.uniform(-1, 1, self.act_dim).astype(np.float32)
         with torch.no_grad():
+            if deterministic:
+                return torch.tanh(self.actor(torch.as_tensor(obs)).chunk(2, -1)[0]).numpy()
             return self.policy(torch.as_tensor(obs))[0].numpy()
 
     def q_min(self, qs, obs, action):
@@ -204,31 +252,39 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
             t.lerp_(s, tau)
 
 
-def run_trial(env: gym.Env, act, task, seed: int, teleport: bool) -> dict:
-    """One whole trial; `act(obs)` picks the action. Columns of the trial's steps."""
-    columns = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "goal_reached")}
+def run_trial(env: gym.Env, act, task, seed: int, teleport: bool, step_info=("goal_reached",)) -> dict:
+    """One whole trial; `act(obs)` picks the action. Columns of the trial's steps, with the `step_info` entries of
+    the environment's info (stored under their plural name where they are rewards: dense_reward -> dense_rewards)."""
+    names = [k + "s" if k.endswith("reward") else k for k in step_info]
+    columns = {k: [] for k in ("observations", "actions", "rewards", "next_observations", *names)}
     obs, _ = env.reset(seed=seed, options={"task": task})
     truncated = False
     while not truncated:
         action = act(obs)
         next_obs, reward, _, truncated, info = env.step(action)
-        for key, value in zip(columns, (obs, action, reward, next_obs, info["goal_reached"])):
+        for key, value in zip(columns, (obs, action, reward, next_obs, *(info[k] for k in step_info))):
             columns[key].append(value)
         obs = next_obs if teleport or "start_state" not in info else info["start_state"]
     return {k: np.array(v) for k, v in columns.items()}
 
 
-def collect_task(family: dict, task: np.ndarray, args: Args, budget: dict, seed: int) -> list[dict]:
-    """Train one agent online on one task; its whole replay buffer, trial by trial."""
+def collect_task(family: dict, task: np.ndarray, args: Args, budget: dict, seed: int) -> tuple[list[dict], float]:
+    """Train one agent online on one task; its whole replay buffer, trial by trial, and the return of one trial of
+    its final deterministic policy from the evaluation start (the MuJoCo families' 100 reference; NaN elsewhere)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    env = gym.make(family["env_id"], random_start=True)
+    env = gym.make(family["env_id"], **family.get("collect_kwargs", {"random_start": True}))
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     obs_dim = env.observation_space.shape[0]
     if discrete:
         agent = DQN(obs_dim, env.action_space.n, family["hidden"], args, family["gamma"])
     else:
-        agent = SAC(obs_dim, env.action_space.shape[0], family["hidden"], args, family["gamma"])
+        alpha = args.alpha if args.alpha >= 0 else family["alpha"]
+        agent = SAC(obs_dim, env.action_space.shape[0], family["hidden"], args, family["gamma"], alpha)
+    step_info = family.get("step_info", ("goal_reached",))
+    # the agent's minibatch: the reward it learns, and its bootstrap mask (the goal flag where the family has one)
+    columns = ("observations", "actions", family.get("train_reward", "rewards"), "next_observations")
+    mask = "goal_reached" if "goal_reached" in step_info and "train_reward" not in family else None
     trials = []
     buffer = None
     decay = max(1, budget["iterations"] // 2)  # ε from 1 to 0 over the first half (the authors' 50 of 100)
@@ -238,15 +294,22 @@ def collect_task(family: dict, task: np.ndarray, args: Args, budget: dict, seed:
             agent.epsilon = max(0.0, 1.0 - iteration / decay)
         for _ in range(budget["init_trials"] if random else budget["trials_per_iteration"]):
             act = lambda o, random=random: agent.act(o, rng, random)  # noqa: E731
-            trials.append(run_trial(env, act, task, int(rng.integers(2**31)), args.teleport))
+            trials.append(run_trial(env, act, task, int(rng.integers(2**31)), args.teleport, step_info))
         if random:
             continue
-        buffer = {k: torch.as_tensor(np.concatenate([t[k] for t in trials]), dtype=torch.float32) for k in trials[0]}
-        n = len(buffer["rewards"])
+        buffer = [torch.as_tensor(np.concatenate([t[k] for t in trials]), dtype=torch.float32) for k in columns]
+        n = len(buffer[0])
+        buffer.append(torch.zeros(n) if mask is None else torch.as_tensor(np.concatenate([t[mask] for t in trials])))
+        buffer[-1] = buffer[-1].float()
         for _ in range(budget["updates_per_iteration"]):
             idx = torch.randint(0, n, (args.batch_size,))
-            agent.update(*(buffer[k][idx] for k in buffer))
-    return trials
+            agent.update(*(b[idx] for b in buffer))
+    final = float("nan")
+    if family["module"] in (borel_cheetah_vel, borel_ant_semicircle):
+        act = lambda o: agent.act(o, rng, False, deterministic=True)  # noqa: E731
+        final = run_trial(gym.make(family["env_id"]), act, task, int(rng.integers(2**31)), False, step_info)
+        final = float(final["rewards"].sum())
+    return trials, final
 
 
 def reference_return(family: dict, policy: str, trials: int, seed: int) -> float:
@@ -263,7 +326,8 @@ def reference_return(family: dict, policy: str, trials: int, seed: int) -> float
             act = lambda o, task=task: oracle_grid_action(o, task)  # noqa: E731
         else:
             act = lambda o, task=task: np.clip((task - o[:2]) / borel_point_robot.MAX_STEP, -1, 1)  # noqa: E731
-        total += run_trial(env, act, task, int(rng.integers(2**31)), teleport=False)["rewards"].sum()
+        step_info = family.get("step_info", ("goal_reached",))
+        total += run_trial(env, act, task, int(rng.integers(2**31)), False, step_info)["rewards"].sum()
     return total / trials
 
 
@@ -299,6 +363,7 @@ def main():
         sys.exit("error: --num-tasks, --iterations, --trials-per-iteration and --updates-per-iteration must be >= 0")
     torch.set_num_threads(args.threads)
     family = FAMILIES[args.family]
+    mujoco = family["module"] in (borel_cheetah_vel, borel_ant_semicircle)
     budget = {
         k: getattr(args, k) if getattr(args, k) > (-1 if k == "init_trials" else 0) else family[k]
         for k in ("iterations", "init_trials", "trials_per_iteration", "updates_per_iteration")
@@ -306,11 +371,12 @@ def main():
     if args.family == "gridworld":
         tasks = borel_gridworld.GOALS[: args.num_tasks or family["num_tasks"]]
     else:
-        tasks = borel_point_robot.sample_tasks(np.random.default_rng(args.seed), args.num_tasks or family["num_tasks"])
+        tasks = family["module"].sample_tasks(np.random.default_rng(args.seed), args.num_tasks or family["num_tasks"])
     start = time.time()
-    columns, trials_per_task = {}, None
+    columns, trials_per_task, finals = {}, None, []
     for i, task in enumerate(tqdm(tasks, desc=f"{args.family}: one agent per task")):
-        trials = collect_task(family, task, args, budget, seed=args.seed * 100_003 + i)
+        trials, final = collect_task(family, task, args, budget, seed=args.seed * 100_003 + i)
+        finals.append(final)
         trials_per_task = len(trials)
         for trial in trials:
             steps = len(trial["rewards"])
@@ -325,6 +391,20 @@ def main():
     dtypes |= {"terminals": bool, "timeouts": bool, "goal_reached": bool}
     data = {k: v.astype(dtypes.get(k, np.float32)) for k, v in data.items()}
     env = gym.make(family["env_id"]).unwrapped
+    collected = time.time() - start
+    if mujoco:  # no walk-to-goal oracle: each task's own collecting agent, its final deterministic trial, is the 100
+        ref_max = float(np.mean(finals))
+        ref_source = (
+            f"mean trial return from the evaluation start: uniformly random actions over {args.ref_trials} drawn "
+            f"tasks (min); each task's collecting agent, its final deterministic policy, one trial on its own task "
+            f"(max, over the {len(tasks)} tasks)"
+        )
+    else:
+        ref_max = reference_return(family, "oracle", args.ref_trials, args.seed + 2)
+        ref_source = (
+            f"mean trial return from the evaluation start over {args.ref_trials} drawn tasks: uniformly random "
+            "actions (min) and an oracle walking straight to the known goal (max)"
+        )
     attrs = {
         "env_id": family["env_id"],
         "env_kwargs": json.dumps({}),
@@ -339,18 +419,32 @@ def main():
         "behaviour": f"one {family['agent'].upper()} agent per task trained online, its whole replay buffer",
         "budget": json.dumps(budget),
         "ref_min_score": reference_return(family, "random", args.ref_trials, args.seed + 1),
-        "ref_max_score": reference_return(family, "oracle", args.ref_trials, args.seed + 2),
-        "ref_source": f"mean trial return from the evaluation start over {args.ref_trials} drawn tasks: uniformly "
-        "random actions (min) and an oracle walking straight to the known goal (max)",
+        "ref_max_score": ref_max,
+        "ref_source": ref_source,
     }
     write(args.out, data, attrs)
     trial_returns = data["rewards"].reshape(len(tasks), trials_per_task, -1).sum(-1)
     print(
         f"{args.family}: {len(tasks)} tasks x {trials_per_task} trials = {len(data['rewards'])} steps in "
-        f"{time.time() - start:.0f} s; trial return: first trials {trial_returns[:, :5].mean():.2f}, last "
-        f"{trial_returns[:, -5:].mean():.2f} (reference random {attrs['ref_min_score']:.2f}, oracle "
-        f"{attrs['ref_max_score']:.2f}) -> {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)"
+        f"{collected:.0f} s ({collected / len(tasks):.0f} s per task); trial return: first trials "
+        f"{trial_returns[:, :5].mean():.2f}, last {trial_returns[:, -5:].mean():.2f} (reference random "
+        f"{attrs['ref_min_score']:.2f}, {'agents' if mujoco else 'oracle'} {attrs['ref_max_score']:.2f}) -> "
+        f"{args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)"
     )
+    per_trial = lambda x: x.reshape(len(tasks), trials_per_task, -1)  # noqa: E731
+    if "x_velocity" in data:
+        error = np.abs(per_trial(data["x_velocity"]) - per_trial(data["task_params"][:, 0])).mean(-1)
+        print(
+            f"velocity error |v_x - v_goal|, mean over steps: first trials {error[:, :5].mean():.2f}, last 5 trials "
+            f"{error[:, -5:].mean():.2f}"
+        )
+    if "goal_reached" in data:
+        reached = per_trial(data["goal_reached"]).reshape(len(tasks), trials_per_task, env.episodes_per_trial, -1)
+        reached = reached.any(-1)
+        print(
+            f"inner episodes that reach the goal: first trials {reached[:, :5].mean():.2f}, last 5 trials "
+            f"{reached[:, -5:].mean():.2f}"
+        )
 
 
 if __name__ == "__main__":
