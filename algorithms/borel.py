@@ -712,7 +712,8 @@ def main():
 
     writer.close()
     last = history[-1]
-    print(f"last evaluation: return per inner episode {last['episode_returns']}, success {last['success_rate']}")
+    success = "no goal state" if last["success_rate"] is None else f"success {last['success_rate']:.2f}"
+    print(f"last evaluation: return per inner episode {last['episode_returns']}, {success}")
     print(final_summary(run_dir))
 
 
