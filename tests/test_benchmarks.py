@@ -525,7 +525,8 @@ def test_one_command_benchmarks_list_their_grid(tmp_path, script, algos, cells):
     assert len(planned) == cells, done.stdout[-2000:]
     assert all("config: benchmarks/" in line or ": finished" in line for line in planned)
     if "hopper" in script:  # the committed runs are put back, so their cells count as finished
-        kept = glob.glob(os.path.join(ROOT, "benchmarks", "results", "cpu", "hopper_model_free", "runs", "*__*"))
+        folder = os.path.join(ROOT, "benchmarks", "results", "cpu", "hopper_model_free", "finished_runs")
+        kept = glob.glob(os.path.join(folder, "*__*"))
         kept = [k for k in kept if algos is None or os.path.basename(k).split("__")[0] in algos.split()]
         assert kept and sum(": finished" in line for line in planned) == len(kept), done.stdout[-2000:]
 

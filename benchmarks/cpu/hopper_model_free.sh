@@ -4,7 +4,7 @@
 # (benchmarks/cpu/hopper_configs.py writes them from the D4RL configs by the CPU benchmark's one rule: only the
 # budget and, for all alike, the width changed). The whole grid is 78 runs, far more than one session of this
 # 2-core machine (the README gives each script's measured minutes per run), so it is made to be run in parts:
-# every finished run's results.json and config.yaml are kept in benchmarks/results/cpu/hopper_model_free/runs/
+# every finished run's results.json and config.yaml are kept in benchmarks/results/cpu/hopper_model_free/finished_runs/
 # (commit them), put back into the runs folder at the next call so that benchmarks/run.py skips those cells,
 # and the report is written over everything finished so far. From the project root:
 #     ALGOS="td3_bc iql" SEEDS="0" bash benchmarks/cpu/hopper_model_free.sh
@@ -19,8 +19,8 @@ seeds=${SEEDS:-"0 1 2"}
 datasets=${DATASETS:-"shipped/hopper-medium-replay shipped/hopper-medium"}
 workers=${WORKERS:-1}
 "$python" benchmarks/cpu/hopper_configs.py --check
-mkdir -p "$runs" "$out/runs"
-for kept in "$out"/runs/*/; do  # the finished runs of earlier calls: run.py skips their cells
+mkdir -p "$runs" "$out/finished_runs"
+for kept in "$out"/finished_runs/*/; do  # the finished runs of earlier calls: run.py skips their cells
     [[ -d $kept ]] || continue
     name=$(basename "$kept")
     [[ -f $runs/$name/results.json ]] || { mkdir -p "$runs/$name" && cp "$kept"/results.json "$kept"/config.yaml "$runs/$name/"; }
@@ -30,7 +30,7 @@ status=0
 "$python" benchmarks/run.py --algos $algos --datasets $datasets --seeds $seeds --configs-dir benchmarks/cpu/configs \
     --runs-dir "$runs" --workers "$workers" --threads 1 --device cpu "$@" || status=$?
 [[ " $* " == *" --dry-run "* ]] && exit $status
-"$python" - "$runs" "$out/runs" <<'PY'
+"$python" - "$runs" "$out/finished_runs" <<'PY'
 # keep the light files of every finished run (results.json reached the config's num_updates), with its minutes
 import json, os, shutil, sys
 import yaml
@@ -49,13 +49,13 @@ for name in sorted(os.listdir(runs)):
             shutil.copy(os.path.join(folder, file), os.path.join(kept, name, file))
         print(f"kept {name}")
 PY
-"$python" benchmarks/report.py "$out/runs" --out "$out" --datasets $datasets --algos $(for a in bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac; do
-    ls -d "$out"/runs/"$a"__* >/dev/null 2>&1 && echo "$a"; done) || true
+"$python" benchmarks/report.py "$out/finished_runs" --out "$out" --datasets $datasets --algos $(for a in bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac; do
+    ls -d "$out"/finished_runs/"$a"__* >/dev/null 2>&1 && echo "$a"; done) || true
 {
     echo "# How these tables were made"
     echo
     echo "- Command, last call: \`ALGOS=\"$algos\" SEEDS=\"$seeds\" WORKERS=$workers bash benchmarks/cpu/hopper_model_free.sh\`, $(( ($(date +%s) - start) / 60 )) min"
-    echo "- The runs of every call so far are in \`runs/\` (each results.json holds its train_time_s)"
+    echo "- The runs of every call so far are in \`finished_runs/\` (each results.json holds its train_time_s)"
     echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; $workers cell(s) at a time, one thread each"
