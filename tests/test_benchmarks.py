@@ -531,6 +531,33 @@ def test_one_command_benchmarks_list_their_grid(tmp_path, script, algos, cells):
         assert kept and sum(": finished" in line for line in planned) == len(kept), done.stdout[-2000:]
 
 
+def test_hopper_model_based_runner_keeps_its_finished_runs(tmp_path):
+    """benchmarks/cpu/hopper_model_based.sh at a tiny budget: the finished run's results.json and config.yaml are
+    kept in OUT_DIR/finished_runs/ and reported; a later call with an empty runs folder (a new session) puts them
+    back and runs nothing again."""
+    out = tmp_path / "out"
+    tiny = "--dynamics-max-epochs 1 --dynamics-hidden-dim 8 --rollout-batch-size 50 --eval-every 20 --eval-episodes 1"
+    env = ENV | {"PYTHON": sys.executable, "OUT_DIR": str(out), "ALGOS": "mbpo", "DATASETS": "hopper-medium-replay"}
+    env |= {"NUM_UPDATES": "20", "EXTRA_ARGS": tiny + " --checkpoint-every 20 --batch-size 8"}
+    for call in ("first", "second"):
+        runs = tmp_path / f"runs-{call}"
+        env |= {"RUNS_DIR": str(runs), "DYNAMICS_DIR": str(runs / "dynamics")}
+        done = subprocess.run(
+            ["bash", "benchmarks/cpu/hopper_model_based.sh"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        kept = list((out / "finished_runs").glob("mbpo__shipped-hopper-medium-replay__0__*"))
+        assert len(kept) == 1 and {p.name for p in kept[0].iterdir()} == {"results.json", "config.yaml"}
+        assert "| shipped/hopper-medium-replay |" in (out / "report.md").read_text()
+    assert not list((tmp_path / "runs-second" / "dynamics").glob("*.pt"))  # nothing trained the second time
+    assert len((out / "durations.txt").read_text().splitlines()) == 1
+
+
 def test_dynamics_time_reports_when_each_target_was_reached_and_reuses_the_cache(tmp_path):
     """benchmarks/dynamics_time.py: one row per call with epochs, minutes and the first epoch at each target;
     the ensemble it trains is the cache file the model-based scripts read, so a second call trains nothing."""

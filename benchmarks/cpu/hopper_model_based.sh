@@ -11,8 +11,10 @@
 #     RUNS_DIR=runs/cpu-hopper-pairwise OUT_DIR=benchmarks/results/cpu/hopper_mopo_pairwise ALGOS=mopo \
 #         CONFIGS_DIR=benchmarks/variants/mopo_pairwise bash benchmarks/cpu/hopper_model_based.sh
 # (EXTRA_ARGS="..." adds options to every run.)
-# Finished runs are skipped when it is called again. Tables, curves and the ensembles' training
-# logs go to benchmarks/results/cpu/hopper_model_based/.
+# Finished runs are skipped when it is called again, also in a later session: every finished run's results.json
+# and config.yaml are kept in <OUT_DIR>/finished_runs/ (commit them) and put back into the runs folder at the next
+# call. Tables and curves are written over all kept runs; they, the durations and the ensembles' training logs go
+# to OUT_DIR (benchmarks/results/cpu/hopper_model_based/).
 set -euo pipefail
 python=${PYTHON:-python}
 runs=${RUNS_DIR:-runs/cpu-hopper}
@@ -36,18 +38,46 @@ lane() {  # $1: dataset name (hopper-medium-replay | hopper-medium)
             OMP_NUM_THREADS=1 "$python" algorithms/$algo.py "${config[@]}" --dataset "shipped/$1" --seed "$seed" \
                 --num-updates "$updates" --dynamics-bf16 --threads 1 --device cpu --runs-dir "$runs" \
                 --dynamics-cache-dir "$dynamics" "${extra[@]}" >"$runs/logs/$algo-$1-$seed.log" 2>&1 || true
-            echo "$algo shipped/$1 seed $seed: $(( ($(date +%s) - t0) / 60 )) min" >>"$runs/logs/durations.txt"
+            echo "$algo shipped/$1 seed $seed: $(( ($(date +%s) - t0) / 60 )) min ($(date -u +%F))" >>"$out/durations.txt"
         done
     done
 }
-mkdir -p "$runs/logs" "$out"
+mkdir -p "$runs/logs" "$out/finished_runs"
+for kept in "$out"/finished_runs/*/; do  # the finished runs of earlier calls: their lanes skip them
+    [[ -d $kept ]] || continue
+    name=$(basename "$kept")
+    [[ -f $runs/$name/results.json ]] || { mkdir -p "$runs/$name" && cp "$kept"/results.json "$kept"/config.yaml "$runs/$name/"; }
+done
 start=$(date +%s)
 for dataset in $datasets; do lane "$dataset" & done
 wait
 echo "runs took $(( ($(date +%s) - start) / 60 )) min"
-"$python" benchmarks/report.py "$runs" --out "$out" --algos $algos \
-    --datasets $(printf 'shipped/%s ' $datasets)
-cp "$runs/logs/durations.txt" "$out/durations.txt"
+"$python" - "$runs" "$out/finished_runs" "$algos" "$datasets" <<'PY'
+# keep the light files of every finished run of this call's algorithms and datasets (its last evaluation at the
+# config's num_updates, or stopped by the divergence rule); results.json holds its minutes
+import json, os, shutil, sys
+import yaml
+runs, kept, algos, datasets = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+for name in sorted(os.listdir(runs)):
+    parts = name.split("__")
+    if len(parts) < 3 or parts[0] not in algos or parts[1] not in [f"shipped-{d}" for d in datasets]:
+        continue
+    folder = os.path.join(runs, name)
+    try:
+        results = json.load(open(os.path.join(folder, "results.json")))
+        config = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
+    except (OSError, ValueError, yaml.YAMLError):
+        continue
+    steps = [e["step"] for e in results.get("evaluations", [])]
+    done = (steps and max(steps) >= config["num_updates"]) or results.get("stopped")  # stopped: diverged, a result
+    if done and not os.path.isdir(os.path.join(kept, name)):
+        os.makedirs(os.path.join(kept, name))
+        for file in ("results.json", "config.yaml"):
+            shutil.copy(os.path.join(folder, file), os.path.join(kept, name, file))
+        print(f"kept {name}")
+PY
+"$python" benchmarks/report.py "$out/finished_runs" --out "$out" --algos $(for a in mopo morel mbpo; do
+    ls -d "$out"/finished_runs/"$a"__* >/dev/null 2>&1 && echo "$a"; done) || true
 "$python" - "$dynamics" "$out/dynamics.md" <<'EOF'
 # the ensembles' training logs: epochs, minutes, holdout MSE (mean over the elites, as OfflineRL-Kit reports it)
 import glob, sys
