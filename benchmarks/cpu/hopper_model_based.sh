@@ -52,30 +52,7 @@ start=$(date +%s)
 for dataset in $datasets; do lane "$dataset" & done
 wait
 echo "runs took $(( ($(date +%s) - start) / 60 )) min"
-"$python" - "$runs" "$out/finished_runs" "$algos" "$datasets" <<'PY'
-# keep the light files of every finished run of this call's algorithms and datasets (its last evaluation at the
-# config's num_updates, or stopped by the divergence rule); results.json holds its minutes
-import json, os, shutil, sys
-import yaml
-runs, kept, algos, datasets = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
-for name in sorted(os.listdir(runs)):
-    parts = name.split("__")
-    if len(parts) < 3 or parts[0] not in algos or parts[1] not in [f"shipped-{d}" for d in datasets]:
-        continue
-    folder = os.path.join(runs, name)
-    try:
-        results = json.load(open(os.path.join(folder, "results.json")))
-        config = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
-    except (OSError, ValueError, yaml.YAMLError):
-        continue
-    steps = [e["step"] for e in results.get("evaluations", [])]
-    done = (steps and max(steps) >= config["num_updates"]) or results.get("stopped")  # stopped: diverged, a result
-    if done and not os.path.isdir(os.path.join(kept, name)):
-        os.makedirs(os.path.join(kept, name))
-        for file in ("results.json", "config.yaml"):
-            shutil.copy(os.path.join(folder, file), os.path.join(kept, name, file))
-        print(f"kept {name}")
-PY
+"$python" benchmarks/cpu/keep_finished.py "$runs" "$out/finished_runs" --algos $algos --datasets $(printf 'shipped-%s ' $datasets)
 "$python" benchmarks/report.py "$out/finished_runs" --out "$out" --algos $(for a in mopo morel mbpo; do
     ls -d "$out"/finished_runs/"$a"__* >/dev/null 2>&1 && echo "$a"; done) || true
 "$python" - "$dynamics" "$out/dynamics.md" <<'EOF'

@@ -30,25 +30,7 @@ status=0
 "$python" benchmarks/run.py --algos $algos --datasets $datasets --seeds $seeds --configs-dir benchmarks/cpu/configs \
     --runs-dir "$runs" --workers "$workers" --threads 1 --device cpu "$@" || status=$?
 [[ " $* " == *" --dry-run "* ]] && exit $status
-"$python" - "$runs" "$out/finished_runs" <<'PY'
-# keep the light files of every finished run (results.json reached the config's num_updates), with its minutes
-import json, os, shutil, sys
-import yaml
-runs, kept = sys.argv[1:]
-for name in sorted(os.listdir(runs)):
-    folder = os.path.join(runs, name)
-    try:
-        results = json.load(open(os.path.join(folder, "results.json")))
-        config = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
-    except (OSError, ValueError, yaml.YAMLError):
-        continue
-    steps = [e["step"] for e in results.get("evaluations", [])]
-    if steps and max(steps) >= config["num_updates"] and not os.path.isdir(os.path.join(kept, name)):
-        os.makedirs(os.path.join(kept, name))
-        for file in ("results.json", "config.yaml"):
-            shutil.copy(os.path.join(folder, file), os.path.join(kept, name, file))
-        print(f"kept {name}")
-PY
+"$python" benchmarks/cpu/keep_finished.py "$runs" "$out/finished_runs"
 "$python" benchmarks/report.py "$out/finished_runs" --out "$out" --datasets $datasets --algos $(for a in bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac; do
     ls -d "$out"/finished_runs/"$a"__* >/dev/null 2>&1 && echo "$a"; done) || true
 {
