@@ -422,7 +422,8 @@ def test_cpu_configs_follow_the_one_rule():
 def test_hopper_configs_are_the_d4rl_ones_by_the_one_rule():
     """benchmarks/cpu/configs/<algo>/shipped/hopper-*.yaml (issue 20's Hopper table): every field of the script's D4RL
     config for that dataset kept, except the budget (100,000 updates, 10 episodes every 10,000), the widths (64), the
-    phases counted in updates (scaled by 100,000 / 1M) and UWAC's 10 dropout passes; and the files are what
+    phases counted in updates (scaled by 100,000 / 1M) and two named exceptions, each said in its files: UWAC's 10
+    dropout passes and CRR's width kept at its reference's 256; and the files are what
     benchmarks/cpu/hopper_configs.py writes."""
     algos = "bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac".split()
     changed = {"dataset", "num_updates", "eval_every", "eval_episodes", "checkpoint_every", "warmup_updates"}
@@ -438,7 +439,10 @@ def test_hopper_configs_are_the_d4rl_ones_by_the_one_rule():
                 assert config[field] == d4rl[field], (path, field)
             assert config["dataset"] == "shipped/" + dataset and config["num_updates"] == 100_000, path
             assert (config["eval_every"], config["eval_episodes"]) == (10_000, 10), path
-            assert all(config[w] == 64 for w in ("hidden_dim", "second_hidden_dim", "vae_hidden_dim") if w in d4rl)
+            width = d4rl["hidden_dim"] if algo == "crr" else 64
+            assert all(config[w] == width for w in ("hidden_dim", "second_hidden_dim", "vae_hidden_dim") if w in d4rl)
+            if algo in ("crr", "uwac"):
+                assert "Named exception" in open(path).read(), path
             if "warmup_updates" in d4rl:
                 assert config["warmup_updates"] == d4rl["warmup_updates"] // 10, path
             assert all(config[k] == v for k, v in exceptions.items()), path
