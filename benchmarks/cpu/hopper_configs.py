@@ -60,7 +60,8 @@ def main() -> None:
     for algo in ALGOS:
         for dataset in DATASETS:
             source, settings = config(algo, dataset)
-            text = HEADER.format(source=source, exception=EXCEPTIONS.get(algo, "")) + yaml.safe_dump(settings, sort_keys=False)
+            header = HEADER.format(source=source, exception=EXCEPTIONS.get(algo, ""))
+            text = header + yaml.safe_dump(settings, sort_keys=False)
             path = f"benchmarks/cpu/configs/{algo}/shipped/{dataset}.yaml"
             if check:
                 if not os.path.isfile(path) or open(path).read() != text:
