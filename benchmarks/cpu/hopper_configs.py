@@ -33,7 +33,7 @@ HEADER = """# CPU-scale Hopper benchmark (benchmarks/cpu/hopper_model_free.sh), 
 EXCEPTIONS = {
     "uwac": "# Named exception: 10 Monte Carlo dropout passes instead of 100 (as in the Pendulum table).\n",
     "crr": "# Named exception: the width stays the reference's 256; at 64 CRR's critic diverges on Hopper's raw\n"
-    "# observations (README, \"Model-free on the shipped Hopper data\").\n",
+    '# observations (README, "Model-free on the shipped Hopper data").\n',
 }
 
 
