@@ -643,3 +643,31 @@ def test_finetuning_grid_and_its_report(tmp_path):
         f"{online['dip']:.1f} | {online['train_score']:.1f} |"
     )
     assert row in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_bcq_selection_scores_a_checkpoint_five_ways(tmp_path):
+    """benchmarks/bcq_selection.py (the diagnosis of BCQ's fall on medium-replay in the README) on a tiny real
+    run: it rebuilds the networks from config.yaml, loads the checkpoint and scores every way of acting."""
+    from scripts import tiny_args
+
+    runs = tmp_path / "runs"
+    command = [sys.executable, os.path.join(ROOT, "algorithms", "bcq.py")]
+    command += tiny_args("bcq", dataset="shipped/pendulum-medium-replay", runs_dir=str(runs))
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = runs.glob("bcq__*")
+    step = json.loads((run / "results.json").read_text())["evaluations"][-1]["step"]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bcq_selection.py", str(run), "--episodes", "2"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"{run.name} step {step}:"), line
+    scores = ast.literal_eval(line.split(":", 1)[1].strip())
+    assert set(scores) == {"n10", "n1", "n10_unperturbed", "vae_mean", "mean_perturbed"}
+    assert all(np.isfinite(v) for v in scores.values())
