@@ -268,9 +268,11 @@ def test_every_config_names_its_dataset_and_only_fields_the_script_has(folder):
         assert algos == set(run.offline_algorithms()) - {"bred"}
     for algo in algos:
         assert os.path.isfile(os.path.join(ROOT, "algorithms", f"{algo}.py")), f"{folder}/{algo}: no such script"
+    fields_of = {algo: run.script_fields(algo) for algo in algos}  # each script parsed once, not once per file
+    choices_of = {algo: script_choices(algo) for algo in algos}
     for path in files:
         algo, *rest = os.path.relpath(path, root).split(os.sep)
-        fields = run.script_fields(algo)
+        fields = fields_of[algo]
         config = yaml.safe_load(open(path))
         if rest[0] == "variants":  # another reference's whole setting, for any dataset (--dataset with it)
             assert "dataset" not in config, path
@@ -279,7 +281,7 @@ def test_every_config_names_its_dataset_and_only_fields_the_script_has(folder):
         unknown = set(config) - set(fields)
         assert not unknown, f"{path}: {sorted(unknown)} are not fields of algorithms/{algo}.py"
         # a str option with a fixed set of values (the script's CHOICES, checked only once main() runs)
-        for field, allowed in script_choices(algo).items():
+        for field, allowed in choices_of[algo].items():
             if field in config:
                 assert config[field] in allowed, f"{path}: {field}: {config[field]!r} is not one of {allowed}"
 

@@ -223,7 +223,7 @@ def test_learns(tmp_path):
     """CQL with its defaults (CORL's: α = 10, actor lr 3e-5, standardised observations, orthogonal
     init, 3 layers, batch 256) but 64 units wide (as the CPU benchmark's rule has it; 3x256 with 31
     action sets per state is ~13 GFLOP an update, a few updates/s here) on
-    shipped/pendulum-medium-replay (3k transitions, behaviour score 2.2) for 6000 updates.
+    shipped/pendulum-medium-replay (3k transitions, behaviour score 2.2) for 4000 updates.
 
     Runs made (1 thread; 13-14 updates/s on the loaded shared 2-core machine, 450-480 s; 82/s idle,
     76 s), scores at 1000, ..., 6000 updates: seed 0: -5.7, 1.8, 3.5, 26.8, 22.5, 30.2; seed 1:
@@ -231,10 +231,13 @@ def test_learns(tmp_path):
     (3e-5) needs the longer budget: at 3000 updates (2x128, batch 128, the old test's budget) the
     best of seeds 0-2 was only 11.5, 2.1, 3.3, and 6000 updates at 2x128 gave seed 0 24.3. The old
     defaults (actor lr 1e-4, α 5, raw observations) reached 23.9-34.9 in 3000. Threshold 20 on
-    the best, far above the behaviour data's 2.2. The seed is fixed at 0.
+    the best, far above the behaviour data's 2.2. The seed is fixed at 0. The budget was 6000 until 2026-12-07;
+    every seed above crosses 20 by 4000 (no setting follows the budget), so the check stops there, 40 s
+    less of CI. At 4000 (seed 0, 2026-12-07): -5.7, 1.8, 3.5, 26.8, the first four of the
+    6000-update run.
     """
     command = [sys.executable, os.path.join(ROOT, "algorithms", "cql.py")]
-    command += ["--dataset", "shipped/pendulum-medium-replay", "--num-updates", "6000", "--hidden-dim", "64"]
+    command += ["--dataset", "shipped/pendulum-medium-replay", "--num-updates", "4000", "--hidden-dim", "64"]
     command += ["--eval-every", "1000", "--eval-episodes", "10", "--seed", "0", "--threads", "1", "--device", "cpu"]
     command += ["--runs-dir", str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}

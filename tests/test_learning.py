@@ -40,14 +40,17 @@ def train(algo: str, runs_dir, *argv: str, timeout: int = 900) -> dict:
 
 @pytest.mark.learning
 def test_td3_bc_beats_bc_and_the_data(tmp_path):
-    """TD3+BC and BC on shipped/hopper-medium-replay (behaviour data 11.1) for 10,000 updates.
+    """TD3+BC and BC on shipped/hopper-medium-replay (behaviour data 11.1) for 7,500 updates.
 
     Our run (seed 0, current code), normalised score at 2.5k/5k/7.5k/10k updates: TD3+BC 16.3,
     13.6, 18.6, 13.7; BC 12.6, 13.9, 14.4, 14.2 (before fused Adam: TD3+BC 16.5, 13.6, 18.5, 13.6;
     BC 12.8, 14.0, 14.1, 7.5). The paper's 1M updates are far beyond a CI budget; this
-    checks that the Q-learning term lifts the policy above both the data and plain cloning.
+    checks that the Q-learning term lifts the policy above both the data and plain cloning. The budget was 10,000
+    until 2026-12-07: neither script's best came after 7,500 (neither has a schedule that follows the budget), so
+    the check stops there, 30 s less of CI. At 7,500 (seed 0, 2026-12-07, 105 s on the busy machine): TD3+BC
+    16.8, 13.6, 18.9; BC 13.5, 13.9, 14.2.
     """
-    budget = ["--dataset", "shipped/hopper-medium-replay", "--num-updates", "10000", "--eval-every", "2500"]
+    budget = ["--dataset", "shipped/hopper-medium-replay", "--num-updates", "7500", "--eval-every", "2500"]
     td3_bc = train("td3_bc", tmp_path, *budget)
     bc = train("bc", tmp_path, *budget)
     print_scores("td3_bc", td3_bc)
