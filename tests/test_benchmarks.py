@@ -673,3 +673,64 @@ def test_bcq_selection_scores_a_checkpoint_five_ways(tmp_path):
     scores = ast.literal_eval(line.split(":", 1)[1].strip())
     assert set(scores) == {"n10", "n1", "n10_unperturbed", "vae_mean", "mean_perturbed"}
     assert all(np.isfinite(v) for v in scores.values())
+
+
+def test_best_of_evaluations_separates_a_flat_plateau_from_a_fall(tmp_path, capsys):
+    """benchmarks/best_of_evaluations.py (the README's reading of the Hopper table's best column): a run whose
+    evaluations alternate around a plateau has early == late, a run that falls has late < early, and the
+    expected maximum of normals is the textbook value."""
+    best = load_script(os.path.join(ROOT, "benchmarks", "best_of_evaluations.py"))
+    assert best.expected_max_of_normals(7) == pytest.approx(1.352, abs=0.01)
+    assert best.expected_max_of_normals(1) == pytest.approx(0.0, abs=0.01)
+    flat = [10.0, 20.0, 40.0, 30.0, 50.0, 30.0, 50.0, 30.0, 50.0, 30.0]  # 40k on: 30, 50, 30, 50, 30, 50, 30
+    falls = [10.0, 20.0, 40.0, 60.0, 60.0, 60.0, 20.0, 20.0, 20.0, 20.0]
+    for name, scores in (("flat", flat), ("falls", falls)):
+        for seed in (0, 1):
+            run = tmp_path / f"{name}__shipped-x__{seed}"
+            run.mkdir()
+            evaluations = [{"step": 10_000 * (i + 1), "normalized_score": s} for i, s in enumerate(scores)]
+            results = {"algo": name, "dataset": "shipped/x", "evaluations": evaluations}
+            (run / "results.json").write_text(json.dumps(results))
+    cells = best.runs_by_cell(str(tmp_path))
+    row = best.summary(cells[("flat", "shipped/x")], 40_000)
+    assert row["runs"] == 2 and row["plateau"] == pytest.approx(38.571, abs=1e-3)
+    assert row["early"] == pytest.approx(36.667, abs=1e-3) and row["late"] == pytest.approx(40.0)
+    assert row["best"] == 50.0 and row["last 3"] == pytest.approx(110 / 3)
+    assert row["flat best"] == pytest.approx(38.571 + 1.352 * np.std([30, 50, 30, 50, 30, 50, 30], ddof=1), abs=0.1)
+    row = best.summary(cells[("falls", "shipped/x")], 40_000)
+    assert row["early"] == 60.0 and row["late"] == 20.0
+    assert row["±"] == pytest.approx(np.std([60, 60, 60, 20, 20, 20, 20], ddof=1) * (1 / 6 + 1 / 8) ** 0.5)
+    best.main([str(tmp_path)])
+    assert "| shipped/x | falls | 2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no results.json"):
+        best.main([str(tmp_path / "missing")])
+
+
+def test_bear_selection_scores_checkpoints_four_ways(tmp_path):
+    """benchmarks/bear_selection.py (the README's reading of BEAR's hopper-medium curve) on a tiny real run, given
+    as a run directory and as a checkpoint file with --config: every way of acting is scored, the same way twice."""
+    from scripts import tiny_args
+
+    runs = tmp_path / "runs"
+    command = [sys.executable, os.path.join(ROOT, "algorithms", "bear.py")]
+    command += tiny_args("bear", dataset="shipped/pendulum-medium-replay", runs_dir=str(runs))
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = runs.glob("bear__*")
+    step = json.loads((run / "results.json").read_text())["evaluations"][-1]["step"]
+    copy = tmp_path / "step.pt"
+    copy.write_bytes((run / "checkpoint.pt").read_bytes())
+    command = [sys.executable, "benchmarks/bear_selection.py", str(run), str(copy), "--episodes", "2"]
+    done = subprocess.run(
+        command + ["--config", str(run / "config.yaml")], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()[-2:]
+    assert lines[0].startswith(f"{run.name} step {step}:") and lines[1].startswith(f"step.pt step {step}:"), lines
+    rows = [ast.literal_eval(line.split(":", 1)[1].strip()) for line in lines]
+    assert rows[0] == rows[1]
+    assert set(rows[0]) == {"n100_q1", "n10_q1", "n1", "mean", "q1_gain", "q1_data"}
+    assert all(np.isfinite(float(v.split(" ± ")[0])) for k, v in rows[0].items() if k in ("n1", "mean"))
+    assert rows[0]["q1_gain"] >= 0
+    done = subprocess.run(command[:2] + [str(copy)], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode != 0 and "config.yaml not found" in done.stderr.strip().splitlines()[-1]
