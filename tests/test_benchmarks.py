@@ -734,3 +734,32 @@ def test_bear_selection_scores_checkpoints_four_ways(tmp_path):
     assert rows[0]["q1_gain"] >= 0
     done = subprocess.run(command[:2] + [str(copy)], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
     assert done.returncode != 0 and "config.yaml not found" in done.stderr.strip().splitlines()[-1]
+
+
+def test_discounted_returns_of_a_cql_checkpoint(tmp_path):
+    """benchmarks/discounted_returns.py (the README's reading of CQL's seed 1 on hopper-medium): the discounted sum
+    is Σ γ^t r_t, and on a tiny real run every field is there, with G0 = the return itself when γ = 1."""
+    from scripts import tiny_args
+
+    returns = load_script(os.path.join(ROOT, "benchmarks", "discounted_returns.py"))
+    assert returns.discounted_from_start([1.0, 2.0, 4.0], 0.5) == pytest.approx(1.0 + 1.0 + 1.0)
+    assert returns.discounted_from_start([3.0], 0.99) == 3.0
+    runs = tmp_path / "runs"
+    command = [sys.executable, os.path.join(ROOT, "algorithms", "cql.py"), "--gamma", "1.0"]
+    command += tiny_args("cql", dataset="shipped/pendulum-medium-replay", runs_dir=str(runs))
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = runs.glob("cql__*")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/discounted_returns.py", str(run), "--episodes", "2"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = ast.literal_eval(done.stdout.strip().splitlines()[-1].split(":", 1)[1].strip())
+    assert set(row) == {"score", "length", "reward / step", "G0", "Q0"}
+    assert row["length"] == 200  # Pendulum never terminates: every episode runs to its time limit
+    assert row["G0"] == pytest.approx(row["reward / step"] * 200, rel=0.01)  # γ = 1: G0 is the return
