@@ -564,6 +564,37 @@ def test_hopper_model_based_runner_keeps_its_finished_runs(tmp_path):
     assert len((out / "durations.txt").read_text().splitlines()) == 1
 
 
+def test_hopper_model_free_runner_leaves_the_report_alone_when_nothing_new_finished(tmp_path):
+    """benchmarks/cpu/hopper_model_free.sh at a tiny budget: the first call keeps its finished run and writes the
+    report and MACHINE.md; a call that finishes nothing new (here: every cell already kept, then a cell that fails, as
+    an interrupted cell does) leaves both files as they were and passes the failure on in its exit status."""
+    out = tmp_path / "out"
+    env = ENV | {"PYTHON": sys.executable, "OUT_DIR": str(out), "ALGOS": "bc", "SEEDS": "0"}
+    env |= {"DATASETS": "shipped/hopper-medium-replay"}
+    tiny = ["--set", "num_updates=20", "eval_every=10", "eval_episodes=1", "batch_size=8"]
+
+    def call(runs, *extra):
+        command = ["bash", "benchmarks/cpu/hopper_model_free.sh", *tiny, *extra]
+        env_call = env | {"RUNS_DIR": str(tmp_path / runs)}
+        return subprocess.run(command, capture_output=True, text=True, env=env_call, timeout=300, cwd=ROOT)
+
+    first = call("runs-first")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    kept = list((out / "finished_runs").glob("bc__shipped-hopper-medium-replay__0__*"))
+    assert len(kept) == 1 and "| shipped/hopper-medium-replay |" in (out / "report.md").read_text()
+    assert "bc" in (out / "MACHINE.md").read_text()
+    for name in ("report.md", "MACHINE.md"):
+        (out / name).write_text(f"the committed {name}\n")
+    again = call("runs-second")  # a new session: the kept run is put back, nothing runs
+    assert again.returncode == 0 and "no run finished in this call" in again.stdout, again.stdout[-2000:]
+    env["SEEDS"] = "1"
+    failed = call("runs-third", "bc.batch_size=-1")  # the new cell stops at once with its one-line error
+    assert failed.returncode != 0 and "no run finished in this call" in failed.stdout, failed.stdout[-2000:]
+    for name in ("report.md", "MACHINE.md"):
+        assert (out / name).read_text() == f"the committed {name}\n"
+    assert len(list((out / "finished_runs").iterdir())) == 1
+
+
 def test_dynamics_time_reports_when_each_target_was_reached_and_reuses_the_cache(tmp_path):
     """benchmarks/dynamics_time.py: one row per call with epochs, minutes and the first epoch at each target;
     the ensemble it trains is the cache file the model-based scripts read, so a second call trains nothing."""

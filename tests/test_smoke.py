@@ -15,8 +15,8 @@ from scripts import CUSTOM_ENVS, SMOKE_DATASETS, script_names, smoke_dataset, ti
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
 
 
-def run(argv, cwd, timeout=300):
-    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=timeout)
+def run(argv, cwd, timeout=300, env=ENV):
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize("name", script_names())
@@ -95,12 +95,16 @@ def test_rollout_length_schedule():
 @pytest.mark.parametrize("name", ["td3_bc", "mopo"])
 def test_compile(name, tmp_path):
     """--compile runs a model-free and a model-based script end to end, and updates per second leave
-    the compile warm-up out: the timed training is a small part of the run's wall time."""
+    the compile warm-up out: the timed training is a small part of the run's wall time. The compiled kernels go to a
+    cache of the test's own: the machine-wide one (/tmp/torchinductor_<user>) can hold a truncated kernel from a run
+    killed while compiling, which fails every later run that needs it (the CI of 2026-12-07 met a 0-byte .so left
+    by the previous session's killed CI)."""
     started = time.time()
     result = run(
         [os.path.join(ROOT, "algorithms", name + ".py"), *tiny_args(name, runs_dir=str(tmp_path)), "--compile"],
         cwd=ROOT,
         timeout=600,
+        env=ENV | {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")},
     )
     wall = time.time() - started
     assert result.returncode == 0, result.stderr[-3000:]

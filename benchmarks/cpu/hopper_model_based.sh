@@ -52,7 +52,12 @@ start=$(date +%s)
 for dataset in $datasets; do lane "$dataset" & done
 wait
 echo "runs took $(( ($(date +%s) - start) / 60 )) min"
-"$python" benchmarks/cpu/keep_finished.py "$runs" "$out/finished_runs" --algos $algos --datasets $(printf 'shipped-%s ' $datasets)
+kept=$("$python" benchmarks/cpu/keep_finished.py "$runs" "$out/finished_runs" --algos $algos --datasets $(printf 'shipped-%s ' $datasets)) || exit 1
+[[ -n $kept ]] && echo "$kept"
+if [[ -z $kept && -f $out/report.md ]]; then  # an interrupted or failed call: the committed report stays as it was
+    echo "no run finished in this call: $out/report.md, dynamics.md and MACHINE.md left as they were"
+    exit 0
+fi
 "$python" benchmarks/report.py "$out/finished_runs" --out "$out" --algos $(for a in mopo morel mbpo; do
     ls -d "$out"/finished_runs/"$a"__* >/dev/null 2>&1 && echo "$a"; done) || true
 "$python" - "$dynamics" "$out/dynamics.md" <<'EOF'

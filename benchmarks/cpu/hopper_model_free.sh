@@ -30,7 +30,12 @@ status=0
 "$python" benchmarks/run.py --algos $algos --datasets $datasets --seeds $seeds --configs-dir benchmarks/cpu/configs \
     --runs-dir "$runs" --workers "$workers" --threads 1 --device cpu "$@" || status=$?
 [[ " $* " == *" --dry-run "* ]] && exit $status
-"$python" benchmarks/cpu/keep_finished.py "$runs" "$out/finished_runs"
+kept=$("$python" benchmarks/cpu/keep_finished.py "$runs" "$out/finished_runs") || exit 1
+[[ -n $kept ]] && echo "$kept"
+if [[ -z $kept && -f $out/report.md ]]; then  # an interrupted or failed call: the committed report stays as it was
+    echo "no run finished in this call: $out/report.md and MACHINE.md left as they were"
+    exit $status
+fi
 "$python" benchmarks/report.py "$out/finished_runs" --out "$out" --datasets $datasets --algos $(for a in bc td3_bc iql awac crr awr cql bcq bear uwac sac_n edac rebrac; do
     ls -d "$out"/finished_runs/"$a"__* >/dev/null 2>&1 && echo "$a"; done) || true
 {
