@@ -8,6 +8,7 @@ import ast
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -767,30 +768,37 @@ def test_bear_selection_scores_checkpoints_four_ways(tmp_path):
     assert done.returncode != 0 and "config.yaml not found" in done.stderr.strip().splitlines()[-1]
 
 
-def test_discounted_returns_of_a_cql_checkpoint(tmp_path):
-    """benchmarks/discounted_returns.py (the README's reading of CQL's seed 1 on hopper-medium): the discounted sum
-    is Σ γ^t r_t, and on a tiny real run every field is there, with G0 = the return itself when γ = 1."""
+@pytest.mark.parametrize("algo", ["cql", "bear", "awr"])
+def test_discounted_returns_of_a_checkpoint(tmp_path, algo):
+    """benchmarks/discounted_returns.py (the README's reading of CQL's seed 1 and BEAR's seed 0 on hopper-medium): the
+    discounted sum is Σ γ^t r_t, and on a tiny real run of each script it takes every field is there; for CQL at
+    γ = 1, G0 is the return itself; BEAR's sampled choice gives the same row twice (torch seeded per checkpoint); a
+    folder whose name does not say the script is refused with one line."""
     from scripts import tiny_args
 
     returns = load_script(os.path.join(ROOT, "benchmarks", "discounted_returns.py"))
     assert returns.discounted_from_start([1.0, 2.0, 4.0], 0.5) == pytest.approx(1.0 + 1.0 + 1.0)
     assert returns.discounted_from_start([3.0], 0.99) == 3.0
     runs = tmp_path / "runs"
-    command = [sys.executable, os.path.join(ROOT, "algorithms", "cql.py"), "--gamma", "1.0"]
-    command += tiny_args("cql", dataset="shipped/pendulum-medium-replay", runs_dir=str(runs))
+    command = [sys.executable, os.path.join(ROOT, "algorithms", algo + ".py")]
+    command += ["--gamma", "1.0"] if algo == "cql" else []
+    command += tiny_args(algo, dataset="shipped/pendulum-medium-replay", runs_dir=str(runs))
     done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
-    (run,) = runs.glob("cql__*")
-    done = subprocess.run(
-        [sys.executable, "benchmarks/discounted_returns.py", str(run), "--episodes", "2"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-        cwd=ROOT,
-    )
+    (run,) = runs.glob(f"{algo}__*")
+    command = [sys.executable, "benchmarks/discounted_returns.py", str(run), str(run), "--episodes", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
-    row = ast.literal_eval(done.stdout.strip().splitlines()[-1].split(":", 1)[1].strip())
-    assert set(row) == {"score", "length", "reward / step", "G0", "Q0"}
+    rows = [ast.literal_eval(line.split(":", 1)[1].strip()) for line in done.stdout.strip().splitlines()[-2:]]
+    row = rows[0]
+    assert rows[1] == row and set(row) == {"score", "length", "reward / step", "G0", "critic0"}
     assert row["length"] == 200  # Pendulum never terminates: every episode runs to its time limit
-    assert row["G0"] == pytest.approx(row["reward / step"] * 200, rel=0.01)  # γ = 1: G0 is the return
+    if algo == "cql":
+        assert row["G0"] == pytest.approx(row["reward / step"] * 200, rel=0.01)  # γ = 1: G0 is the return
+    else:  # Pendulum's rewards are all ≤ 0, so the discounted sum lies between the return and 0
+        assert row["reward / step"] * 200 <= row["G0"] <= 0
+    moved = tmp_path / "elsewhere"  # a folder whose name does not say the script: --algo must
+    shutil.copytree(run, moved)
+    command = [sys.executable, "benchmarks/discounted_returns.py", str(moved)]
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode != 0 and "add --algo" in done.stderr and "Traceback" not in done.stderr
