@@ -4,20 +4,23 @@ The D4RL score is the undiscounted return of an episode of up to 1,000 steps; th
 return discounted by γ (0.99: an effective horizon of about 100 steps). On Hopper the two can disagree: a policy
 that hops fast and falls after 300 steps can be worth more, discounted, than one that hops slowly for 1,000. For
 each checkpoint given (a run directory, whose checkpoint.pt is its last one, or a checkpoint file with the run's
-config.yaml beside it or named by --config) of algorithms/cql.py, bear.py or awr.py (the script is read from the
-run folder's name, <algo>__<dataset>__..., or given by --algo), the policy the script evaluates runs `--episodes`
-episodes (evaluation seeds seed, seed + 1, ...) and this prints
+config.yaml beside it or named by --config) of algorithms/cql.py, bear.py, awr.py or the model-based SAC learners
+mopo.py, morel.py and mbpo.py (the script is read from the run folder's name, <algo>__<dataset>__..., or given by
+--algo), the policy the script evaluates runs `--episodes` episodes in the real environment (evaluation seeds seed,
+seed + 1, ...) and this prints
 
   score           the mean normalised score ± its standard error
   length          the mean episode length (1,000 = never fell)
   reward / step   the mean reward per step
   G0              the discounted return from the first state, as received
-  critic0         what the script's critic thinks G0 is, at the first state: CQL min(Q1, Q2) and BEAR Q1 of the
-                  action taken; AWR V(s), which estimates the data's policy, not the actor's
+  critic0         what the script's critic thinks G0 is, at the first state: CQL's and SAC's min over the critics
+                  and BEAR's Q1 of the action taken; AWR's V(s), which estimates the data's policy, not the actor's
+                  (the model-based critics learn penalised model rewards, so theirs sits below G0 by the penalty)
 
 The policies: CQL the tanh of its Gaussian's mean; BEAR the best of `num_eval_actions` actor samples by Q1 (torch
-seeded with --seed, so a checkpoint's row is reproducible); AWR its clipped mean. (README, "Model-free on the
-shipped Hopper data": CQL's seed 1 and BEAR's seed 0 on hopper-medium.)
+seeded with --seed, so a checkpoint's row is reproducible); AWR its clipped mean; SAC the tanh of its mean. (README,
+"Model-free on the shipped Hopper data": CQL's seed 1 and BEAR on hopper-medium; "Model-based on the shipped Hopper
+data": the pairwise MOPO's final policies.)
 
     python benchmarks/discounted_returns.py runs/cpu-hopper-mf/cql__shipped-hopper-medium__*[0-9]
     python benchmarks/discounted_returns.py ckpts/step_*.pt --config RUN_DIR/config.yaml
@@ -34,7 +37,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-ALGOS = ("cql", "bear", "awr")
+ALGOS = ("cql", "bear", "awr", "mopo", "morel", "mbpo")
 
 
 def load_script(algo: str):
@@ -64,6 +67,18 @@ def policy_of(algo: str, module, cfg: dict, objects: dict, obs_dim: int, act_dim
             return module.best_of(candidates, critic.many(o, candidates)[0])
 
         return act, lambda o, a: float(critic(o, a)[0])
+    if algo in ("mopo", "morel", "mbpo"):  # the shared SAC learner, on raw observations
+        agent = module.SAC(
+            obs_dim,
+            act_dim,
+            low,
+            high,
+            cfg["hidden_dim"],
+            critic_members=cfg["critic_members"],
+            critic_layer_norm=cfg["critic_layer_norm"],
+        )
+        agent.load_state_dict(objects["agent"])
+        return lambda o: agent.actor(o, deterministic=True)[0], lambda o, a: float(agent.critic(o, a).min(0).values)
     actor = module.Actor(obs_dim, act_dim, cfg["hidden_dim"], low, high)
     value = module.ValueNet(obs_dim, cfg["hidden_dim"], cfg["gamma"])
     actor.load_state_dict(objects["actor"])
@@ -86,7 +101,7 @@ def returns_of(algo: str, module, path: str, config: str, episodes: int, seed: i
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     low, high = env.action_space.low, env.action_space.high
     act, critic0 = policy_of(algo, module, cfg, checkpoint["objects"], obs_dim, act_dim, low, high)
-    mean, std = checkpoint["extra"]["obs_mean"], checkpoint["extra"]["obs_std"]
+    mean, std = checkpoint["extra"].get("obs_mean", 0.0), checkpoint["extra"].get("obs_std", 1.0)
     torch.manual_seed(seed)
     returns, lengths, g0, q0 = [], [], [], []
     for episode in range(episodes):

@@ -768,10 +768,11 @@ def test_bear_selection_scores_checkpoints_four_ways(tmp_path):
     assert done.returncode != 0 and "config.yaml not found" in done.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("algo", ["cql", "bear", "awr"])
+@pytest.mark.parametrize("algo", ["cql", "bear", "awr", "mopo"])
 def test_discounted_returns_of_a_checkpoint(tmp_path, algo):
     """benchmarks/discounted_returns.py (the README's reading of CQL's seed 1 and BEAR's seed 0 on hopper-medium): the
-    discounted sum is Σ γ^t r_t, and on a tiny real run of each script it takes every field is there; for CQL at
+    discounted sum is Σ γ^t r_t, and on a tiny real run of each kind of script it takes (MOPO for the model-based
+    SAC learners) every field is there; for CQL at
     γ = 1, G0 is the return itself; BEAR's sampled choice gives the same row twice (torch seeded per checkpoint); a
     folder whose name does not say the script is refused with one line."""
     from scripts import tiny_args
