@@ -77,7 +77,7 @@ EOF
     echo "# How these tables were made"
     echo
     echo "- Command: \`SEEDS=\"$seeds\" ALGOS=\"$algos\" DATASETS=\"$datasets\" CONFIGS_DIR=\"$configs\" EXTRA_ARGS=\"${EXTRA_ARGS:-}\" bash benchmarks/cpu/hopper_model_based.sh\`, last call took $(( ($(date +%s) - start) / 60 )) min"
-    echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- . ":(exclude)$out" 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; two lanes, one thread each"
     echo "- torch $("$python" -c 'import torch; print(torch.__version__)'), Python $("$python" -c 'import platform; print(platform.python_version())')"

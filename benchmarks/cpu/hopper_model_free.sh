@@ -43,7 +43,7 @@ fi
     echo
     echo "- Command, last call: \`ALGOS=\"$algos\" SEEDS=\"$seeds\" WORKERS=$workers bash benchmarks/cpu/hopper_model_free.sh\`, $(( ($(date +%s) - start) / 60 )) min"
     echo "- The runs of every call so far are in \`finished_runs/\` (each results.json holds its train_time_s)"
-    echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- . ":(exclude)$out" 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; $workers cell(s) at a time, one thread each"
     echo "- torch $("$python" -c 'import torch; print(torch.__version__)'), Python $("$python" -c 'import platform; print(platform.python_version())')"
